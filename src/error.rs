@@ -1,0 +1,281 @@
+//! The crate's one error type.
+//!
+//! Every failure carries what the caller gave (symbol, path, offset) and, where a syscall
+//! failed, the call's name and the `io::Error` as its [`source`](std::error::Error::source).
+//! Errnos are normalised once, where they are read (see [`crate::kprobe`] and
+//! [`crate::uprobe`]); callers branch on [`Error::is_not_supported`], [`Error::is_not_found`],
+//! [`Error::is_invalid_input`] and [`Error::is_permission_denied`].
+
+use std::io;
+
+/// Everything that can go wrong while attaching or detaching a probe.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The input was rejected before the kernel was asked.
+    #[error("invalid {what}: {reason}")]
+    InvalidInput {
+        /// What was wrong, with the value the caller gave.
+        what: String,
+        /// Why, and what to do instead.
+        reason: String,
+    },
+
+    /// The file descriptor given as the program is not a BPF program.
+    #[error(
+        "the program fd is not a BPF program: pass the fd of a loaded BPF_PROG_TYPE_KPROBE program"
+    )]
+    NotBpfProgram {
+        /// What `BPF_OBJ_GET_INFO_BY_FD` said.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The program is a BPF program, but not of type `BPF_PROG_TYPE_KPROBE`.
+    #[error(
+        "the program is of BPF program type {found}, not BPF_PROG_TYPE_KPROBE (2): \
+         load it as a kprobe/uprobe program"
+    )]
+    WrongProgramType {
+        /// The `bpf_prog_type` the kernel reported.
+        found: u32,
+    },
+
+    /// The symbol, binary, offset or process does not exist.
+    #[error("{what} not found{hint}")]
+    NotFound {
+        /// What was looked for, as the caller gave it.
+        what: String,
+        /// A hint, starting with `: `, or empty.
+        hint: String,
+        /// The kernel's answer, when it was the kernel that said so.
+        #[source]
+        source: Option<io::Error>,
+    },
+
+    /// The kernel (or its configuration) lacks what this needs.
+    #[error("{what} is not supported here: {hint}")]
+    NotSupported {
+        /// The feature.
+        what: String,
+        /// What is missing and what to do.
+        hint: String,
+        /// The kernel's answer, when it was the kernel that said so.
+        #[source]
+        source: Option<io::Error>,
+    },
+
+    /// The kernel refused for lack of privilege.
+    #[error(
+        "permission denied: {call} for {target}; run as root, or with CAP_BPF and CAP_PERFMON"
+    )]
+    PermissionDenied {
+        /// The syscall or file operation.
+        call: &'static str,
+        /// What it was for.
+        target: String,
+        /// The errno.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A syscall or file operation failed in a way none of the other variants describes.
+    #[error("{call} failed for {target}")]
+    Syscall {
+        /// The syscall or file operation.
+        call: &'static str,
+        /// What it was for.
+        target: String,
+        /// The errno.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The tokio runtime shut down while the operation ran on its blocking pool.
+    #[error("the tokio runtime is shutting down; the operation was abandoned and cleaned up")]
+    RuntimeShutdown,
+
+    /// Several operations failed; the first is the source.
+    #[error("{count} operations failed; the first: {first}")]
+    Many {
+        /// How many failed.
+        count: usize,
+        /// The first failure.
+        #[source]
+        first: Box<Error>,
+    },
+}
+
+impl Error {
+    /// The kernel or its configuration lacks the feature (for example, no `CONFIG_KPROBES`).
+    #[must_use]
+    pub fn is_not_supported(&self) -> bool {
+        match self {
+            Error::NotSupported { .. } => true,
+            Error::Many { first, .. } => first.is_not_supported(),
+            _ => false,
+        }
+    }
+
+    /// The symbol, binary, offset or pid does not exist.
+    #[must_use]
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            Error::NotFound { .. } => true,
+            Error::Many { first, .. } => first.is_not_found(),
+            _ => false,
+        }
+    }
+
+    /// The input was rejected before it reached the kernel.
+    #[must_use]
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            Error::InvalidInput { .. }
+            | Error::NotBpfProgram { .. }
+            | Error::WrongProgramType { .. } => true,
+            Error::Many { first, .. } => first.is_invalid_input(),
+            _ => false,
+        }
+    }
+
+    /// The kernel refused for lack of privilege (`EPERM`, `EACCES`).
+    #[must_use]
+    pub fn is_permission_denied(&self) -> bool {
+        match self {
+            Error::PermissionDenied { .. } => true,
+            Error::Many { first, .. } => first.is_permission_denied(),
+            _ => false,
+        }
+    }
+
+    /// The errno behind this error, if a syscall produced it.
+    #[must_use]
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            Error::NotBpfProgram { source }
+            | Error::PermissionDenied { source, .. }
+            | Error::Syscall { source, .. } => source.raw_os_error(),
+            Error::NotFound { source, .. } | Error::NotSupported { source, .. } => {
+                source.as_ref().and_then(io::Error::raw_os_error)
+            }
+            Error::Many { first, .. } => first.raw_os_error(),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn invalid(what: impl Into<String>, reason: impl Into<String>) -> Error {
+        Error::InvalidInput {
+            what: what.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn not_found(
+        what: impl Into<String>,
+        hint: &str,
+        source: Option<io::Error>,
+    ) -> Error {
+        Error::NotFound {
+            what: what.into(),
+            hint: if hint.is_empty() {
+                String::new()
+            } else {
+                format!(": {hint}")
+            },
+            source,
+        }
+    }
+
+    pub(crate) fn not_supported(
+        what: impl Into<String>,
+        hint: impl Into<String>,
+        source: Option<io::Error>,
+    ) -> Error {
+        Error::NotSupported {
+            what: what.into(),
+            hint: hint.into(),
+            source,
+        }
+    }
+
+    /// A syscall failure: `EPERM`/`EACCES` become [`Error::PermissionDenied`], anything
+    /// else [`Error::Syscall`].
+    pub(crate) fn syscall(
+        call: &'static str,
+        target: impl Into<String>,
+        source: io::Error,
+    ) -> Error {
+        let target = target.into();
+        match source.raw_os_error() {
+            Some(libc::EPERM | libc::EACCES) => Error::PermissionDenied {
+                call,
+                target,
+                source,
+            },
+            _ => Error::Syscall {
+                call,
+                target,
+                source,
+            },
+        }
+    }
+
+    /// Folds a list of failures into one error: `None` when empty, the error itself when
+    /// there is one, [`Error::Many`] otherwise.
+    pub(crate) fn collect(mut errors: Vec<Error>) -> Option<Error> {
+        match errors.len() {
+            0 => None,
+            1 => errors.pop(),
+            count => Some(Error::Many {
+                count,
+                first: Box::new(errors.swap_remove(0)),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syscall_maps_privilege_errnos() {
+        let e = Error::syscall(
+            "perf_event_open",
+            "x",
+            io::Error::from_raw_os_error(libc::EPERM),
+        );
+        assert!(e.is_permission_denied());
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+        let e = Error::syscall(
+            "perf_event_open",
+            "x",
+            io::Error::from_raw_os_error(libc::EBADF),
+        );
+        assert!(!e.is_permission_denied());
+        assert!(matches!(e, Error::Syscall { .. }));
+    }
+
+    #[test]
+    fn many_classifies_by_first() {
+        let e = Error::collect(vec![
+            Error::not_found("symbol \"x\"", "", None),
+            Error::invalid("offset", "bad"),
+        ])
+        .unwrap();
+        assert!(e.is_not_found());
+        assert!(!e.is_invalid_input());
+        assert!(e.to_string().starts_with("2 operations failed"));
+        assert!(Error::collect(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn messages_name_the_input() {
+        let e = Error::not_found("kernel symbol \"nope\"", "check /proc/kallsyms", None);
+        assert_eq!(
+            e.to_string(),
+            "kernel symbol \"nope\" not found: check /proc/kallsyms"
+        );
+    }
+}

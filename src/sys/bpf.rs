@@ -1,0 +1,392 @@
+//! `bpf(2)`: program info, link creation, and the few map/program commands the built-in
+//! counter needs.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+
+const BPF_MAP_CREATE: libc::c_int = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_int = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_int = 2;
+const BPF_PROG_LOAD: libc::c_int = 5;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_int = 15;
+const BPF_LINK_CREATE: libc::c_int = 28;
+
+/// `BPF_PROG_TYPE_KPROBE`.
+pub(crate) const BPF_PROG_TYPE_KPROBE: u32 = 2;
+/// `BPF_MAP_TYPE_ARRAY`.
+pub(crate) const BPF_MAP_TYPE_ARRAY: u32 = 2;
+/// `BPF_PERF_EVENT` attach type.
+pub(crate) const BPF_PERF_EVENT: u32 = 41;
+/// `BPF_TRACE_KPROBE_MULTI` attach type.
+pub(crate) const BPF_TRACE_KPROBE_MULTI: u32 = 42;
+/// `BPF_TRACE_UPROBE_MULTI` attach type.
+pub(crate) const BPF_TRACE_UPROBE_MULTI: u32 = 48;
+/// `BPF_F_KPROBE_MULTI_RETURN` / `BPF_F_UPROBE_MULTI_RETURN`.
+pub(crate) const MULTI_RETURN: u32 = 1;
+
+/// One eBPF instruction (`struct bpf_insn`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Insn {
+    pub code: u8,
+    /// `dst_reg` in the low nibble, `src_reg` in the high nibble.
+    pub regs: u8,
+    pub off: i16,
+    pub imm: i32,
+}
+
+fn bpf<T>(cmd: libc::c_int, attr: &mut T) -> io::Result<libc::c_long> {
+    let size = u32::try_from(std::mem::size_of::<T>()).expect("bpf_attr fits in u32");
+    // SAFETY: `attr` is a valid, initialised prefix of `union bpf_attr` for `cmd` (a
+    // `#[repr(C)]` struct with the kernel's layout), `size` is its length, and every pointer
+    // inside it refers to memory the caller keeps alive for the duration of the call.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size) };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn bpf_fd<T>(cmd: libc::c_int, attr: &mut T) -> io::Result<OwnedFd> {
+    let size = u32::try_from(std::mem::size_of::<T>()).expect("bpf_attr fits in u32");
+    // SAFETY: as in `bpf` above; the command returns a new fd on success.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size) };
+    super::fd_result(ret)
+}
+
+fn fd_u32(fd: BorrowedFd<'_>) -> u32 {
+    // Valid fds are never negative.
+    fd.as_raw_fd().unsigned_abs()
+}
+
+/// What `BPF_OBJ_GET_INFO_BY_FD` tells about a program.
+#[derive(Clone, Debug)]
+pub(crate) struct ProgInfo {
+    pub prog_type: u32,
+    pub id: u32,
+}
+
+/// `struct bpf_prog_info` up to `name`.
+#[repr(C)]
+#[derive(Default)]
+struct RawProgInfo {
+    prog_type: u32,
+    id: u32,
+    tag: [u8; 8],
+    jited_prog_len: u32,
+    xlated_prog_len: u32,
+    jited_prog_insns: u64,
+    xlated_prog_insns: u64,
+    load_time: u64,
+    created_by_uid: u32,
+    nr_map_ids: u32,
+    map_ids: u64,
+    name: [u8; 16],
+}
+
+#[repr(C)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` on a program. `EINVAL` means the fd is not a BPF object.
+pub(crate) fn prog_info(prog: BorrowedFd<'_>) -> io::Result<ProgInfo> {
+    let mut info = RawProgInfo::default();
+    let mut attr = InfoAttr {
+        bpf_fd: fd_u32(prog),
+        info_len: u32::try_from(std::mem::size_of::<RawProgInfo>()).expect("small"),
+        info: std::ptr::from_mut(&mut info) as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(ProgInfo {
+        prog_type: info.prog_type,
+        id: info.id,
+    })
+}
+
+/// `BPF_LINK_CREATE`'s fixed head; the per-attach-type tail follows.
+#[repr(C)]
+struct LinkCreateAttr<T> {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+    tail: T,
+}
+
+/// Creates a `BPF_PERF_EVENT` link from `prog` to a perf event, carrying `cookie` for
+/// `bpf_get_attach_cookie()`.
+///
+/// `target` `None` passes fd -1: used to tell a plain program (`EBADF`, the kernel went on to
+/// look the fd up) from a multi-only one (`EINVAL`).
+pub(crate) fn link_create_perf(
+    prog: BorrowedFd<'_>,
+    target: Option<BorrowedFd<'_>>,
+    cookie: u64,
+) -> io::Result<OwnedFd> {
+    let mut attr = LinkCreateAttr {
+        prog_fd: fd_u32(prog),
+        target_fd: target.map_or(u32::MAX, fd_u32),
+        attach_type: BPF_PERF_EVENT,
+        flags: 0,
+        tail: cookie,
+    };
+    bpf_fd(BPF_LINK_CREATE, &mut attr)
+}
+
+#[repr(C)]
+struct KprobeMultiTail {
+    flags: u32,
+    cnt: u32,
+    syms: u64,
+    addrs: u64,
+    cookies: u64,
+}
+
+/// Creates a `BPF_TRACE_KPROBE_MULTI` link on `syms`, with one cookie per symbol (or none).
+pub(crate) fn link_create_kprobe_multi(
+    prog: BorrowedFd<'_>,
+    syms: &[&CStr],
+    cookies: Option<&[u64]>,
+    flags: u32,
+) -> io::Result<OwnedFd> {
+    if cookies.is_some_and(|c| c.len() != syms.len()) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let ptrs: Vec<u64> = syms.iter().map(|s| s.as_ptr() as u64).collect();
+    let mut attr = LinkCreateAttr {
+        prog_fd: fd_u32(prog),
+        target_fd: 0,
+        attach_type: BPF_TRACE_KPROBE_MULTI,
+        flags: 0,
+        tail: KprobeMultiTail {
+            flags,
+            cnt: u32::try_from(syms.len())
+                .map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
+            syms: ptrs.as_ptr() as u64,
+            addrs: 0,
+            cookies: cookies.map_or(0, |c| c.as_ptr() as u64),
+        },
+    };
+    // `ptrs`, `syms` and `cookies` outlive the call.
+    bpf_fd(BPF_LINK_CREATE, &mut attr)
+}
+
+#[repr(C)]
+struct UprobeMultiTail {
+    path: u64,
+    offsets: u64,
+    ref_ctr_offsets: u64,
+    cookies: u64,
+    cnt: u32,
+    flags: u32,
+    pid: u32,
+    pad: u32,
+}
+
+/// Creates a `BPF_TRACE_UPROBE_MULTI` link on `offsets` (file offsets) of `path`.
+///
+/// `ref_ctr_offsets` and `cookies`, when given, have one entry per offset. `pid` 0 means
+/// every process.
+pub(crate) fn link_create_uprobe_multi(
+    prog: BorrowedFd<'_>,
+    path: &CStr,
+    offsets: &[u64],
+    ref_ctr_offsets: Option<&[u64]>,
+    cookies: Option<&[u64]>,
+    flags: u32,
+    pid: u32,
+) -> io::Result<OwnedFd> {
+    let n = offsets.len();
+    if ref_ctr_offsets.is_some_and(|r| r.len() != n) || cookies.is_some_and(|c| c.len() != n) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut attr = LinkCreateAttr {
+        prog_fd: fd_u32(prog),
+        target_fd: 0,
+        attach_type: BPF_TRACE_UPROBE_MULTI,
+        flags: 0,
+        tail: UprobeMultiTail {
+            path: path.as_ptr() as u64,
+            offsets: offsets.as_ptr() as u64,
+            ref_ctr_offsets: ref_ctr_offsets.map_or(0, |r| r.as_ptr() as u64),
+            cookies: cookies.map_or(0, |c| c.as_ptr() as u64),
+            cnt: u32::try_from(n).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
+            flags,
+            pid,
+            pad: 0,
+        },
+    };
+    bpf_fd(BPF_LINK_CREATE, &mut attr)
+}
+
+#[repr(C)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+    numa_node: u32,
+    map_name: [u8; 16],
+}
+
+fn object_name(name: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (dst, src) in out.iter_mut().zip(name.bytes().take(15)) {
+        *dst = src;
+    }
+    out
+}
+
+/// `BPF_MAP_CREATE` for an array of `max_entries` values of `value_size` bytes (u32 keys).
+pub(crate) fn map_create_array(
+    value_size: u32,
+    max_entries: u32,
+    name: &str,
+) -> io::Result<OwnedFd> {
+    let mut attr = MapCreateAttr {
+        map_type: BPF_MAP_TYPE_ARRAY,
+        key_size: 4,
+        value_size,
+        max_entries,
+        map_flags: 0,
+        inner_map_fd: 0,
+        numa_node: 0,
+        map_name: object_name(name),
+    };
+    bpf_fd(BPF_MAP_CREATE, &mut attr)
+}
+
+#[repr(C)]
+struct MapElemAttr {
+    map_fd: u32,
+    pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// `BPF_MAP_LOOKUP_ELEM` of a u32 key into `value` (which must be the map's value size).
+pub(crate) fn map_lookup(map: BorrowedFd<'_>, key: u32, value: &mut [u8]) -> io::Result<()> {
+    let mut attr = MapElemAttr {
+        map_fd: fd_u32(map),
+        pad: 0,
+        key: std::ptr::from_ref(&key) as u64,
+        value: value.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).map(drop)
+}
+
+/// `BPF_MAP_UPDATE_ELEM` (`BPF_ANY`) of a u32 key with `value` (the map's value size).
+pub(crate) fn map_update(map: BorrowedFd<'_>, key: u32, value: &[u8]) -> io::Result<()> {
+    let mut attr = MapElemAttr {
+        map_fd: fd_u32(map),
+        pad: 0,
+        key: std::ptr::from_ref(&key) as u64,
+        value: value.as_ptr() as u64,
+        flags: 0,
+    };
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+}
+
+#[repr(C)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// `BPF_PROG_LOAD`. On a verifier rejection the error's message carries the verifier log.
+pub(crate) fn prog_load(
+    prog_type: u32,
+    expected_attach_type: u32,
+    insns: &[Insn],
+    license: &CStr,
+    name: &str,
+) -> io::Result<OwnedFd> {
+    let mut log = vec![0u8; 64 * 1024];
+    let mut attr = ProgLoadAttr {
+        prog_type,
+        insn_cnt: u32::try_from(insns.len())
+            .map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 0,
+        log_size: 0,
+        log_buf: 0,
+        kern_version: 0,
+        prog_flags: 0,
+        prog_name: object_name(name),
+        prog_ifindex: 0,
+        expected_attach_type,
+    };
+    match bpf_fd(BPF_PROG_LOAD, &mut attr) {
+        Ok(fd) => Ok(fd),
+        Err(e)
+            if e.raw_os_error() == Some(libc::EACCES) || e.raw_os_error() == Some(libc::EINVAL) =>
+        {
+            // Load again with the verifier log on, to say why.
+            attr.log_level = 1;
+            attr.log_size = u32::try_from(log.len()).expect("small");
+            attr.log_buf = log.as_mut_ptr() as u64;
+            match bpf_fd(BPF_PROG_LOAD, &mut attr) {
+                Ok(fd) => Ok(fd),
+                Err(again) => {
+                    let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+                    let text = String::from_utf8_lossy(&log[..end]);
+                    if text.trim().is_empty() {
+                        Err(again)
+                    } else {
+                        Err(io::Error::new(
+                            again.kind(),
+                            format!("{again}; verifier log:\n{text}"),
+                        ))
+                    }
+                }
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attr_layouts_match_the_kernel() {
+        use std::mem::{offset_of, size_of};
+        assert_eq!(size_of::<Insn>(), 8);
+        assert_eq!(size_of::<RawProgInfo>(), 80);
+        assert_eq!(offset_of!(RawProgInfo, name), 64);
+        assert_eq!(size_of::<LinkCreateAttr<u64>>(), 24);
+        assert_eq!(offset_of!(LinkCreateAttr<KprobeMultiTail>, tail), 16);
+        assert_eq!(size_of::<LinkCreateAttr<KprobeMultiTail>>(), 48);
+        assert_eq!(size_of::<LinkCreateAttr<UprobeMultiTail>>(), 64);
+        assert_eq!(offset_of!(ProgLoadAttr, expected_attach_type), 68);
+        assert_eq!(offset_of!(MapCreateAttr, map_name), 28);
+    }
+
+    #[test]
+    fn object_names_are_truncated_and_terminated() {
+        let n = object_name("a_very_long_object_name");
+        assert_eq!(&n[..15], b"a_very_long_obj");
+        assert_eq!(n[15], 0);
+    }
+}
