@@ -1,6 +1,7 @@
 //! Running blocking work (sysfs and tracefs I/O, ELF parsing, `bpf()`, `perf_event_open`,
 //! closing perf fds) on tokio's blocking pool, never on a runtime worker.
 
+use crate::cleanup::InFlight;
 use crate::Error;
 
 /// Runs `f` on tokio's blocking pool and waits for it.
@@ -15,8 +16,15 @@ where
     F: FnOnce() -> Result<T, Error> + Send + 'static,
     T: Send + 'static,
 {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(result) => result,
+    // The token travels with the result: when the awaiting future was dropped, tokio drops
+    // the late result, then the token, so `cleanup::wait_idle` sees the cleanup finish.
+    let token = InFlight::new();
+    let task = move || {
+        let result = f();
+        (result, token)
+    };
+    match tokio::task::spawn_blocking(task).await {
+        Ok((result, _token)) => result,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(_) => Err(Error::RuntimeShutdown),
     }

@@ -1,4 +1,5 @@
-//! Background release of kernel objects dropped without an explicit detach.
+//! Background release of kernel objects dropped without an explicit detach, and the count
+//! of operations still in flight.
 //!
 //! Dropping a [`Link`](crate::Link) or a [`ProbeSet`](crate::ProbeSet) must not block the
 //! caller, yet closing a perf event costs ~0.1 s of kernel time. So drops hand their kernel
@@ -50,9 +51,14 @@ fn done() {
 
 /// Drops `value` on the background thread (or right here if that thread cannot run).
 pub(crate) fn defer<T: Send + 'static>(value: T) {
+    defer_with(move || drop(value));
+}
+
+/// Runs `job` on the background thread (or right here if that thread cannot run).
+pub(crate) fn defer_with(job: impl FnOnce() + Send + 'static) {
     let r = reclaimer();
     *r.pending.lock().unwrap_or_else(PoisonError::into_inner) += 1;
-    let job: Job = Box::new(move || drop(value));
+    let job: Job = Box::new(job);
     let sent = match r.tx.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
         Some(tx) => tx.send(job).map_err(|e| e.0),
         None => Err(job),
@@ -63,7 +69,25 @@ pub(crate) fn defer<T: Send + 'static>(value: T) {
     }
 }
 
-/// How many dropped links (or sets) are still being released in the background.
+/// Counts one operation in flight (a blocking attach or release, possibly abandoned by a
+/// cancelled future) until dropped; [`wait_idle`] waits for it.
+pub(crate) struct InFlight(());
+
+impl InFlight {
+    pub(crate) fn new() -> InFlight {
+        *reclaimer().pending.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        InFlight(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        done();
+    }
+}
+
+/// How many operations are still in flight: releases of dropped links and sets, and
+/// blocking attaches or detaches whose futures may have been dropped.
 #[must_use]
 pub fn pending() -> usize {
     *reclaimer()
@@ -72,7 +96,9 @@ pub fn pending() -> usize {
         .unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Blocks until every release handed to the background has finished.
+/// Blocks until every release handed to the background, and every blocking operation in
+/// flight (including those of cancelled futures, whose late results clean up after
+/// themselves), has finished.
 pub fn wait_idle_blocking() {
     let r = reclaimer();
     let mut n = r.pending.lock().unwrap_or_else(PoisonError::into_inner);
@@ -81,8 +107,9 @@ pub fn wait_idle_blocking() {
     }
 }
 
-/// Waits until every release handed to the background has finished, without blocking a
-/// runtime worker.
+/// Waits until [`pending`] is 0: every release handed to the background, and every
+/// blocking operation in flight (including those of cancelled futures), has finished.
+/// Does not block a runtime worker.
 ///
 /// # Cancel safety
 /// Cancel safe: dropping the future stops the waiting, not the releasing.

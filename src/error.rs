@@ -95,6 +95,16 @@ pub enum Error {
     #[error("the tokio runtime is shutting down; the operation was abandoned and cleaned up")]
     RuntimeShutdown,
 
+    /// Some probes of a batch failed; the batch was rolled back. Lists each failed probe
+    /// with its own error (classified by the first).
+    #[error("{} of {total} probes failed{}", failures.len(), list_failures(failures))]
+    Probes {
+        /// How many probes the batch had.
+        total: usize,
+        /// Each failed probe with its error.
+        failures: Vec<(crate::Probe, Error)>,
+    },
+
     /// Several operations failed; the first is the source.
     #[error("{count} operations failed; the first: {first}")]
     Many {
@@ -106,6 +116,20 @@ pub enum Error {
     },
 }
 
+/// `: PROBE: ERROR; PROBE: ERROR; ...` for the first few failures of a batch.
+fn list_failures(failures: &[(crate::Probe, Error)]) -> String {
+    use std::fmt::Write as _;
+    const SHOWN: usize = 5;
+    let mut s = String::new();
+    for (i, (probe, e)) in failures.iter().take(SHOWN).enumerate() {
+        let _ = write!(s, "{}{probe}: {e}", if i == 0 { ": " } else { "; " });
+    }
+    if failures.len() > SHOWN {
+        let _ = write!(s, "; and {} more", failures.len() - SHOWN);
+    }
+    s
+}
+
 impl Error {
     /// The kernel or its configuration lacks the feature (for example, no `CONFIG_KPROBES`).
     #[must_use]
@@ -113,6 +137,7 @@ impl Error {
         match self {
             Error::NotSupported { .. } => true,
             Error::Many { first, .. } => first.is_not_supported(),
+            Error::Probes { failures, .. } => failures.first().is_some_and(|(_, e)| e.is_not_supported()),
             _ => false,
         }
     }
@@ -123,6 +148,7 @@ impl Error {
         match self {
             Error::NotFound { .. } => true,
             Error::Many { first, .. } => first.is_not_found(),
+            Error::Probes { failures, .. } => failures.first().is_some_and(|(_, e)| e.is_not_found()),
             _ => false,
         }
     }
@@ -135,6 +161,7 @@ impl Error {
             | Error::NotBpfProgram { .. }
             | Error::WrongProgramType { .. } => true,
             Error::Many { first, .. } => first.is_invalid_input(),
+            Error::Probes { failures, .. } => failures.first().is_some_and(|(_, e)| e.is_invalid_input()),
             _ => false,
         }
     }
@@ -145,6 +172,7 @@ impl Error {
         match self {
             Error::PermissionDenied { .. } => true,
             Error::Many { first, .. } => first.is_permission_denied(),
+            Error::Probes { failures, .. } => failures.first().is_some_and(|(_, e)| e.is_permission_denied()),
             _ => false,
         }
     }
@@ -160,6 +188,7 @@ impl Error {
                 source.as_ref().and_then(io::Error::raw_os_error)
             }
             Error::Many { first, .. } => first.raw_os_error(),
+            Error::Probes { failures, .. } => failures.first().and_then(|(_, e)| e.raw_os_error()),
             _ => None,
         }
     }
@@ -219,6 +248,11 @@ impl Error {
                 source,
             },
         }
+    }
+
+    /// The failed probes of a batch, or `None` when none failed.
+    pub(crate) fn probes(total: usize, failures: Vec<(crate::Probe, Error)>) -> Option<Error> {
+        (!failures.is_empty()).then_some(Error::Probes { total, failures })
     }
 
     /// Folds a list of failures into one error: `None` when empty, the error itself when

@@ -65,13 +65,11 @@ pub(crate) fn perf_links() -> bool {
     })
 }
 
-/// Checks that `prog` is a `BPF_PROG_TYPE_KPROBE` program and finds out how it attaches.
-/// Cached per program id.
+/// Checks that `prog` is a `BPF_PROG_TYPE_KPROBE` program (two quick syscalls).
 ///
 /// # Errors
 /// Invalid input when the fd is not a BPF program or not a kprobe program.
-pub(crate) fn program_kind(prog: BorrowedFd<'_>) -> Result<ProgramKind, Error> {
-    static CACHE: OnceLock<Mutex<HashMap<u32, ProgramKind>>> = OnceLock::new();
+pub(crate) fn check_program(prog: BorrowedFd<'_>) -> Result<bpf::ProgInfo, Error> {
     // BPF_OBJ_GET_INFO_BY_FD answers for maps and links too (with their own info layout),
     // so first make sure the fd is a program.
     let link = std::fs::read_link(format!("/proc/self/fd/{}", prog.as_raw_fd()));
@@ -93,6 +91,17 @@ pub(crate) fn program_kind(prog: BorrowedFd<'_>) -> Result<ProgramKind, Error> {
             found: info.prog_type,
         });
     }
+    Ok(info)
+}
+
+/// Checks that `prog` is a `BPF_PROG_TYPE_KPROBE` program and finds out how it attaches.
+/// Cached per program id.
+///
+/// # Errors
+/// Invalid input when the fd is not a BPF program or not a kprobe program.
+pub(crate) fn program_kind(prog: BorrowedFd<'_>) -> Result<ProgramKind, Error> {
+    static CACHE: OnceLock<Mutex<HashMap<u32, ProgramKind>>> = OnceLock::new();
+    let info = check_program(prog)?;
     let cache = CACHE.get_or_init(Mutex::default);
     if let Some(kind) = cache
         .lock()

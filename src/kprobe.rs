@@ -263,7 +263,18 @@ impl Kprobe {
     }
 
     pub(crate) fn attach_blocking(self, prog: &OwnedFd) -> Result<Link, Error> {
-        let attached = match features::program_kind(prog.as_fd())? {
+        let attached = self.attach_raw(prog, features::program_kind(prog.as_fd())?)?;
+        Ok(Link::new(attached, Probe::Kprobe(self)))
+    }
+
+    /// The maxactive asked for.
+    pub(crate) fn maxactive_value(&self) -> Option<u32> {
+        self.maxactive
+    }
+
+    /// Attaches `prog` (of the given kind) and returns what the attachment owns.
+    pub(crate) fn attach_raw(&self, prog: &OwnedFd, kind: ProgramKind) -> Result<Attached, Error> {
+        match kind {
             ProgramKind::Plain => self.attach_perf(prog),
             ProgramKind::KprobeMulti => self.attach_multi(prog),
             ProgramKind::UprobeMulti => Err(Error::invalid(
@@ -276,8 +287,7 @@ impl Kprobe {
                  cannot create (kprobe_multi needs 5.18+ with CONFIG_FPROBE); load it as a plain kprobe program",
                 None,
             )),
-        }?;
-        Ok(Link::new(attached, Probe::Kprobe(self)))
+        }
     }
 
     fn attach_perf(&self, prog: &OwnedFd) -> Result<Attached, Error> {
@@ -383,6 +393,22 @@ pub(crate) fn kprobe_multi(
             _ => Error::syscall("BPF_LINK_CREATE", what, e),
         }
     })
+}
+
+/// The function names of `/proc/kallsyms` (text symbols; `[module]` suffixes dropped).
+/// Empty when the addresses are hidden is not a concern: names are listed either way.
+pub(crate) fn kallsyms_names() -> std::io::Result<std::collections::HashSet<String>> {
+    let text = std::fs::read_to_string("/proc/kallsyms")?;
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_ascii_whitespace();
+            let _addr = fields.next()?;
+            let kind = fields.next()?;
+            let name = fields.next()?;
+            matches!(kind, "t" | "T" | "w" | "W").then(|| name.to_string())
+        })
+        .collect())
 }
 
 /// Duplicates the caller's program fd so the blocking pool can own it.

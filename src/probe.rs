@@ -128,13 +128,6 @@ impl Probe {
             Probe::Uprobe(u) => u.attach(prog).await,
         }
     }
-
-    pub(crate) fn kind(&self) -> ProbeKind {
-        match self {
-            Probe::Kprobe(_) => ProbeKind::Kprobe,
-            Probe::Uprobe(_) => ProbeKind::Uprobe,
-        }
-    }
 }
 
 impl std::fmt::Display for Probe {

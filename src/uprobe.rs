@@ -313,9 +313,14 @@ impl Uprobe {
     }
 
     pub(crate) fn attach_blocking(self, prog: &OwnedFd) -> Result<Link, Error> {
-        let kind = features::program_kind(prog.as_fd())?;
+        let attached = self.attach_raw(prog, features::program_kind(prog.as_fd())?)?;
+        Ok(Link::new(attached, Probe::Uprobe(self)))
+    }
+
+    /// Attaches `prog` (of the given kind) and returns what the attachment owns.
+    pub(crate) fn attach_raw(&self, prog: &OwnedFd, kind: ProgramKind) -> Result<Attached, Error> {
         let (path, offset) = self.resolve()?;
-        let attached = match kind {
+        match kind {
             ProgramKind::Plain => self.attach_perf(prog, &path, offset),
             ProgramKind::UprobeMulti => self.attach_multi(prog, &path, offset),
             ProgramKind::KprobeMulti => Err(Error::invalid(
@@ -328,8 +333,7 @@ impl Uprobe {
                  load it as a plain uprobe program",
                 None,
             )),
-        }?;
-        Ok(Link::new(attached, Probe::Uprobe(self)))
+        }
     }
 
     fn event_hint(&self, offset: u64) -> String {

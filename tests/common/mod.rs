@@ -99,3 +99,92 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// Whether this kernel has the kprobe perf PMU (a kernel with `CONFIG_KPROBES`, like the VM
+/// tier's); the host kernel has none.
+pub fn has_kprobe_pmu() -> bool {
+    std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists()
+}
+
+/// Whether process `pid` does not exist (`kill(pid, 0)` gives `ESRCH`).
+pub fn pid_is_dead(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(nix::errno::Errno::ESRCH)
+}
+
+/// A pid that no process has, and none will get during the test: above any `pid_max`
+/// (2^22 at most) when possible, checked with `kill(pid, 0)`.
+pub fn dead_pid() -> i32 {
+    (4_194_000..4_194_300)
+        .find(|&p| pid_is_dead(p))
+        .expect("a pid that does not exist")
+}
+
+/// The `group/event` name of a `*_events` line (`p:GROUP/EVENT TARGET`).
+pub fn event_of_line(line: &str) -> Option<&str> {
+    line.split_whitespace().next()?.split_once(':').map(|(_, n)| n)
+}
+
+/// Every `group/event` listed in `uprobe_events` (or `kprobe_events`).
+pub fn listed_events(file: &str) -> Vec<String> {
+    std::fs::read_to_string(tracefs().join(file))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(event_of_line)
+        .map(str::to_string)
+        .collect()
+}
+
+/// Appends one line to a tracefs `*_events` file (never truncating it).
+pub fn write_events(file: &str, line: &str) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(tracefs().join(file))?
+        .write_all(line.as_bytes())
+}
+
+/// The file offset in this executable of the code at `address` (from `/proc/self/maps`).
+pub fn file_offset_of_address(address: usize) -> u64 {
+    let address = address as u64;
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    for line in maps.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (lo, hi) = f[0].split_once('-').unwrap();
+        let (lo, hi) = (u64::from_str_radix(lo, 16).unwrap(), u64::from_str_radix(hi, 16).unwrap());
+        if (lo..hi).contains(&address) {
+            return address - lo + u64::from_str_radix(f[2], 16).unwrap();
+        }
+    }
+    panic!("{address:#x} is not mapped");
+}
+
+/// The file offset of function `f` of this executable.
+pub fn file_offset_of(f: fn(u64) -> u64) -> u64 {
+    file_offset_of_address(f as usize)
+}
+
+/// `N` distinct functions of this executable (monomorphised from one generic).
+#[inline(never)]
+pub fn numbered<const N: u64>(x: u64) -> u64 {
+    std::hint::black_box(x).wrapping_mul(N + 3) ^ N
+}
+
+macro_rules! numbered_table {
+    () => {
+        numbered_table!(@a [0 1 2 3 4 5 6 7 8 9])
+    };
+    (@a [$($a:literal)*]) => {
+        [$( numbered_table!(@b $a [0 1 2 3 4 5 6 7 8 9]) ),*]
+    };
+    (@b $a:literal [$($b:literal)*]) => {
+        [$( numbered_table!(@c $a $b [0 1 2 3 4 5 6 7 8 9]) ),*]
+    };
+    (@c $a:literal $b:literal [$($c:literal)*]) => {
+        [$( numbered::<{ $a * 100 + $b * 10 + $c }> as fn(u64) -> u64 ),*]
+    };
+}
+
+/// 1000 distinct functions, `functions()[i]` being `numbered::<i>`.
+pub fn functions() -> Vec<fn(u64) -> u64> {
+    let table: [[[fn(u64) -> u64; 10]; 10]; 10] = numbered_table!();
+    table.into_iter().flatten().flatten().collect()
+}
