@@ -5,11 +5,17 @@
 //! caller, yet closing a perf event costs ~0.1 s of kernel time. So drops hand their kernel
 //! objects to one background thread, which releases them in order. [`wait_idle`] waits until
 //! that thread has nothing left: call it before a process exits if every tracefs event must
-//! be gone by then (a process that exits first leaves the rest to the kernel, which closes
-//! the fds, and to the stale-event reaper of a later process, which removes the events).
+//! be gone by then. At normal process exit (`exit()`, a return from `main`) the crate waits
+//! up to 5 seconds for what is still pending; a process that is killed, or whose cleanup
+//! takes longer, leaves the rest to the kernel, which closes the fds, and to the stale-event
+//! reaper of a later process, which removes the tracefs events.
 
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Condvar, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How long process exit waits for pending releases.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -32,6 +38,9 @@ fn reclaimer() -> &'static Reclaimer {
                     done();
                 }
             });
+        if let Err(e) = crate::sys::at_exit(flush_at_exit) {
+            tracing::debug!(error = %e, "could not register the exit-time flush");
+        }
         Reclaimer {
             tx: Mutex::new(spawned.ok().map(|_| tx)),
             pending: Mutex::new(0),
@@ -105,6 +114,33 @@ pub fn wait_idle_blocking() {
     while *n > 0 {
         n = r.idle.wait(n).unwrap_or_else(PoisonError::into_inner);
     }
+}
+
+/// Blocks until [`pending`] is 0 or `timeout` has passed; whether it reached 0.
+pub fn wait_idle_timeout(timeout: Duration) -> bool {
+    let r = reclaimer();
+    let deadline = Instant::now() + timeout;
+    let mut n = r.pending.lock().unwrap_or_else(PoisonError::into_inner);
+    while *n > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        n = r.idle.wait_timeout(n, left).unwrap_or_else(PoisonError::into_inner).0;
+    }
+    true
+}
+
+extern "C" fn flush_at_exit() {
+    // Never unwind out of an extern "C" function.
+    let _ = std::panic::catch_unwind(|| {
+        if pending() > 0 && !wait_idle_timeout(EXIT_GRACE) {
+            tracing::warn!(
+                pending = pending(),
+                "exiting with probe releases still pending; the kernel closes the fds, the reaper of a later process removes tracefs events"
+            );
+        }
+    });
 }
 
 /// Waits until [`pending`] is 0: every release handed to the background, and every

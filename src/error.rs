@@ -2,8 +2,8 @@
 //!
 //! Every failure carries what the caller gave (symbol, path, offset) and, where a syscall
 //! failed, the call's name and the `io::Error` as its [`source`](std::error::Error::source).
-//! Errnos are normalised once, where they are read (see [`crate::kprobe`] and
-//! [`crate::uprobe`]); callers branch on [`Error::is_not_supported`], [`Error::is_not_found`],
+//! Errnos are normalised once, where they are read (as cilium/ebpf's `link/kprobe.go`
+//! does); callers branch on [`Error::is_not_supported`], [`Error::is_not_found`],
 //! [`Error::is_invalid_input`] and [`Error::is_permission_denied`].
 
 use std::io;

@@ -1,5 +1,53 @@
-//! probeset: attach eBPF programs to kprobes, kretprobes, uprobes and uretprobes from async
-//! (tokio) code.
+//! Attach already-loaded eBPF programs to kprobes, kretprobes, uprobes and uretprobes from
+//! async (tokio) code: one at a time ([`Kprobe`], [`Uprobe`] → [`Link`]), or many at once
+//! ([`ProbeSet`]), added and removed while the program runs.
+//!
+//! ```no_run
+//! use probeset::counter::{Counter, Flavour};
+//! use probeset::{ProbeSet, Uprobe};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), probeset::Error> {
+//!     let libc = "/lib/x86_64-linux-gnu/libc.so.6";
+//!     // Any BPF_PROG_TYPE_KPROBE program works (aya, libbpf-rs, an OwnedFd); this one counts.
+//!     let counter = Counter::load(Flavour::UprobeMulti, 64)?;
+//!     let mut set = ProbeSet::new(&counter)?.auto_cookies(true);
+//!     set.attach(["malloc", "free", "getpid"].map(|f| Uprobe::new(libc, f))).await?;
+//!     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+//!     for (probe, cookie) in set.cookies() {
+//!         println!("{probe}: {} calls", counter.get(cookie as u32)?);
+//!     }
+//!     set.detach().await // or just drop the set
+//! }
+//! ```
+//!
+//! # How a probe is made
+//! A program is passed as anything [`AsFd`](std::os::fd::AsFd): an aya `ProgramFd`, a
+//! libbpf-rs `Program`, an `OwnedFd`. It must be a `BPF_PROG_TYPE_KPROBE` program. How it
+//! attaches depends on how it was loaded, which the crate finds out by behaviour
+//! ([`ProgramKind`]):
+//! - a plain program goes on a perf event per probe, with a BPF perf link (carrying the
+//!   cookie). The perf event comes from the kprobe/uprobe PMU, or from a tracefs
+//!   `kprobe_events`/`uprobe_events` entry ([`Backend`]);
+//! - a program loaded for `uprobe_multi` or `kprobe_multi` goes on multi links: one per
+//!   [`ProbeSet`] batch and group, or a one-probe multi link for a single attach.
+//!
+//! # Cancellation
+//! Every async function here is cancel safe in the sense that matters for kernel objects:
+//! dropping its future never leaks a perf event, a BPF link or a tracefs event. The blocking
+//! work it started finishes on tokio's blocking pool and whatever it created is released
+//! there; [`cleanup::wait_idle`] waits until that is done. [`ProbeSet::attach`] is all or
+//! nothing also under cancellation: the set holds exactly what it held before.
+//!
+//! Dropping a [`Link`] or a [`ProbeSet`] detaches without blocking the caller: the release
+//! (~0.1 s of kernel RCU time per perf event) runs on a background thread, and works with no
+//! runtime, during runtime shutdown and during panic unwinding.
+//!
+//! # Leftovers of dead processes
+//! tracefs events outlive the process that created them. Those of this crate are in groups
+//! named `probeset_<pid>_<random hex>`; before the first tracefs probe of a process, the
+//! stale-event reaper removes the groups whose pid no longer exists
+//! ([`tracefs::reap_stale`]). PMU probes and multi links die with their fds.
 #![deny(unsafe_code)]
 
 mod blocking;

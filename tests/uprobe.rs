@@ -342,3 +342,50 @@ fn attach_runs_off_the_runtime_worker() {
         assert_eq!(ticker.await.unwrap(), 20);
     });
 }
+
+#[inline(never)]
+fn target_exit(x: u64) -> u64 {
+    black_box(x).wrapping_mul(41) ^ 0x1c
+}
+
+/// The child half of `a_link_dropped_just_before_exit_leaves_no_event`.
+#[test]
+fn exit_child() {
+    if std::env::var_os("PROBESET_EXIT_CHILD").is_none() {
+        return;
+    }
+    runtime().block_on(async {
+        let counter = Counter::load(Flavour::Plain, 2).unwrap();
+        let link = Uprobe::new(exe(), symbol_of("target_exit"))
+            .backend(Backend::Tracefs)
+            .attach(&counter)
+            .await
+            .unwrap();
+        call(target_exit, 1);
+        println!("EVENT {}", link.tracefs_event().unwrap());
+        // Dropped right before the process exits: the release runs in the background and
+        // the exit-time flush waits for it.
+        drop(link);
+    });
+}
+
+#[test]
+fn a_link_dropped_just_before_exit_leaves_no_event() {
+    if !can_run("a_link_dropped_just_before_exit_leaves_no_event") {
+        return;
+    }
+    tracefs();
+    let out = std::process::Command::new(exe())
+        .args(["--exact", "exit_child", "--nocapture", "--test-threads=1"])
+        .env("PROBESET_EXIT_CHILD", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let event = stdout
+        .lines()
+        .find_map(|l| l.split("EVENT ").nth(1))
+        .unwrap_or_else(|| panic!("no EVENT line in {stdout}"));
+    let listed = std::fs::read_to_string(tracefs().join("uprobe_events")).unwrap();
+    assert!(!listed.contains(event), "{event} survived its process's exit:\n{listed}");
+}

@@ -22,3 +22,16 @@ fn fd_result(ret: libc::c_long) -> io::Result<OwnedFd> {
     // SAFETY: the kernel just returned `fd` as a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// Registers `f` to run at normal process exit (`atexit(3)`): `exit()`, a return from
+/// `main`, or the end of a test harness.
+pub(crate) fn at_exit(f: extern "C" fn()) -> io::Result<()> {
+    // SAFETY: `f` is a plain function with the signature atexit expects; it stays valid for
+    // the life of the process.
+    let ret = unsafe { libc::atexit(f) };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(libc::ENOMEM))
+    }
+}
