@@ -53,6 +53,7 @@
 mod blocking;
 pub mod cleanup;
 pub mod counter;
+pub mod discovery;
 pub mod elf;
 pub mod error;
 mod features;
@@ -62,6 +63,8 @@ mod perf_event;
 mod pmu;
 mod probe;
 pub mod probe_set;
+#[doc(hidden)]
+pub mod raw;
 mod sys;
 pub mod tracefs;
 mod uprobe;

@@ -21,7 +21,10 @@ fn kprobes_here(test: &str) -> bool {
     if pmu || events {
         true
     } else {
-        skip(test, "this kernel has no kprobes (no kprobe PMU, no kprobe_events)");
+        skip(
+            test,
+            "this kernel has no kprobes (no kprobe PMU, no kprobe_events)",
+        );
         false
     }
 }
@@ -58,28 +61,48 @@ fn kprobe_and_kretprobe_count_syscalls_on_every_backend() {
     }
     runtime().block_on(async {
         let counter = Counter::load(Flavour::Plain, 8).unwrap();
-        for (i, backend) in [Backend::Auto, Backend::Pmu, Backend::Tracefs].into_iter().enumerate() {
+        for (i, backend) in [Backend::Auto, Backend::Pmu, Backend::Tracefs]
+            .into_iter()
+            .enumerate()
+        {
             for ret in [false, true] {
                 counter.reset().unwrap();
-                let k = if ret { Kprobe::retprobe(GETPID) } else { Kprobe::new(GETPID) };
+                let k = if ret {
+                    Kprobe::retprobe(GETPID)
+                } else {
+                    Kprobe::new(GETPID)
+                };
                 let link = k.backend(backend).cookie(1).attach(&counter).await.unwrap();
                 assert_eq!(link.kind(), LinkKind::PerfLink);
-                let expected = if backend == Backend::Tracefs { Backend::Tracefs } else { Backend::Pmu };
+                let expected = if backend == Backend::Tracefs {
+                    Backend::Tracefs
+                } else {
+                    Backend::Pmu
+                };
                 assert_eq!(link.backend(), Some(expected));
                 if backend == Backend::Tracefs {
                     let ev = link.tracefs_event().unwrap().to_string();
                     let listed = our_kprobe_events();
-                    let line = listed.iter().find(|l| l.contains(&ev)).expect("listed");
-                    assert!(line.starts_with(if ret { "r" } else { "p" }), "{line}");
+                    let entry = listed.iter().find(|l| l.contains(&ev)).expect("listed");
+                    assert!(entry.starts_with(if ret { "r" } else { "p" }), "{entry}");
                 }
                 getpid_n(N);
                 let hits = counter.get(1).unwrap();
-                assert!(hits >= N, "{backend:?} ret={ret}: {hits} hits for {N} getpid calls");
-                assert!(hits < N + 50, "{backend:?} ret={ret}: {hits} hits: far more than this process made");
+                assert!(
+                    hits >= N,
+                    "{backend:?} ret={ret}: {hits} hits for {N} getpid calls"
+                );
+                assert!(
+                    hits < N + 50,
+                    "{backend:?} ret={ret}: {hits} hits: far more than this process made"
+                );
                 link.detach().await.unwrap();
                 let after = counter.get(1).unwrap();
                 getpid_n(N);
-                assert!(counter.get(1).unwrap() - after < 10, "hits stop after detach");
+                assert!(
+                    counter.get(1).unwrap() - after < 10,
+                    "hits stop after detach"
+                );
                 let _ = i;
             }
         }
@@ -96,7 +119,12 @@ fn sys_prefix_is_added_when_the_plain_name_is_missing() {
         let counter = Counter::load(Flavour::Plain, 4).unwrap();
         for backend in [Backend::Auto, Backend::Tracefs] {
             counter.reset().unwrap();
-            let link = Kprobe::new("sys_getpid").backend(backend).cookie(2).attach(&counter).await.unwrap();
+            let link = Kprobe::new("sys_getpid")
+                .backend(backend)
+                .cookie(2)
+                .attach(&counter)
+                .await
+                .unwrap();
             getpid_n(N);
             assert!(counter.get(2).unwrap() >= N, "{backend:?}");
             link.detach().await.unwrap();
@@ -115,7 +143,12 @@ fn offsets_on_and_off_instruction_boundaries() {
         let mut valid = Vec::new();
         let mut off_boundary = Vec::new();
         for off in 1..16u64 {
-            match Kprobe::new(GETPID).offset(off).cookie(3).attach(&counter).await {
+            match Kprobe::new(GETPID)
+                .offset(off)
+                .cookie(3)
+                .attach(&counter)
+                .await
+            {
                 Ok(link) => {
                     if valid.is_empty() {
                         counter.reset().unwrap();
@@ -137,7 +170,12 @@ fn offsets_on_and_off_instruction_boundaries() {
         assert!(!valid.is_empty() && !off_boundary.is_empty());
         // Tracefs: the same error, and the event it wrote is gone again.
         let bad = off_boundary[0];
-        let e = Kprobe::new(GETPID).offset(bad).backend(Backend::Tracefs).attach(&counter).await.unwrap_err();
+        let e = Kprobe::new(GETPID)
+            .offset(bad)
+            .backend(Backend::Tracefs)
+            .attach(&counter)
+            .await
+            .unwrap_err();
         assert!(e.is_not_found(), "{e}");
         probeset::cleanup::wait_idle().await;
         assert!(our_kprobe_events().is_empty());
@@ -147,12 +185,17 @@ fn offsets_on_and_off_instruction_boundaries() {
 
 /// Up to `n` traceable functions whose names have a dot (`.isra.0`, `.constprop.0`, ...).
 fn dotted_symbols(n: usize) -> Vec<String> {
-    let traceable: HashSet<String> = std::fs::read_to_string(tracefs().join("available_filter_functions"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-        .collect();
-    traceable.into_iter().filter(|s| s.contains('.')).take(n).collect()
+    let traceable: HashSet<String> =
+        std::fs::read_to_string(tracefs().join("available_filter_functions"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect();
+    traceable
+        .into_iter()
+        .filter(|s| s.contains('.'))
+        .take(n)
+        .collect()
 }
 
 #[test]
@@ -162,7 +205,10 @@ fn a_symbol_with_a_dot_attaches() {
     }
     let candidates = dotted_symbols(20);
     if candidates.is_empty() {
-        skip("a_symbol_with_a_dot_attaches", "no traceable symbol with a dot on this kernel");
+        skip(
+            "a_symbol_with_a_dot_attaches",
+            "no traceable symbol with a dot on this kernel",
+        );
         return;
     }
     runtime().block_on(async {
@@ -170,7 +216,11 @@ fn a_symbol_with_a_dot_attaches() {
         let mut attached = Vec::new();
         for sym in &candidates {
             for backend in [Backend::Auto, Backend::Tracefs] {
-                match Kprobe::new(sym.as_str()).backend(backend).attach(&counter).await {
+                match Kprobe::new(sym.as_str())
+                    .backend(backend)
+                    .attach(&counter)
+                    .await
+                {
                     Ok(link) => {
                         attached.push((sym.clone(), backend));
                         link.detach().await.unwrap();
@@ -178,13 +228,21 @@ fn a_symbol_with_a_dot_attaches() {
                     Err(e) => println!("{sym} ({backend:?}): {e}"),
                 }
             }
-            if attached.iter().any(|(_, b)| *b == Backend::Tracefs) && attached.iter().any(|(_, b)| *b == Backend::Auto) {
+            if attached.iter().any(|(_, b)| *b == Backend::Tracefs)
+                && attached.iter().any(|(_, b)| *b == Backend::Auto)
+            {
                 break;
             }
         }
         println!("attached to dotted symbols: {attached:?}");
-        assert!(attached.iter().any(|(_, b)| *b == Backend::Auto), "{attached:?}");
-        assert!(attached.iter().any(|(_, b)| *b == Backend::Tracefs), "{attached:?}");
+        assert!(
+            attached.iter().any(|(_, b)| *b == Backend::Auto),
+            "{attached:?}"
+        );
+        assert!(
+            attached.iter().any(|(_, b)| *b == Backend::Tracefs),
+            "{attached:?}"
+        );
         assert!(our_kprobe_events().is_empty());
     });
 }
@@ -196,8 +254,16 @@ fn cookies_reach_the_program() {
     }
     runtime().block_on(async {
         let counter = Counter::load(Flavour::Plain, 8).unwrap();
-        let a = Kprobe::new(GETPID).cookie(3).attach(&counter).await.unwrap();
-        let b = Kprobe::new("__x64_sys_getppid").cookie(5).attach(&counter).await.unwrap();
+        let a = Kprobe::new(GETPID)
+            .cookie(3)
+            .attach(&counter)
+            .await
+            .unwrap();
+        let b = Kprobe::new("__x64_sys_getppid")
+            .cookie(5)
+            .attach(&counter)
+            .await
+            .unwrap();
         getpid_n(N);
         getppid_n(2 * N);
         let c = counter.counts().unwrap();
@@ -216,15 +282,32 @@ fn kretprobe_maxactive_goes_through_tracefs() {
     }
     runtime().block_on(async {
         let counter = Counter::load(Flavour::Plain, 2).unwrap();
-        let link = Kprobe::retprobe(GETPID).maxactive(4).cookie(1).attach(&counter).await.unwrap();
-        assert_eq!(link.backend(), Some(Backend::Tracefs), "maxactive selects tracefs");
+        let link = Kprobe::retprobe(GETPID)
+            .maxactive(4)
+            .cookie(1)
+            .attach(&counter)
+            .await
+            .unwrap();
+        assert_eq!(
+            link.backend(),
+            Some(Backend::Tracefs),
+            "maxactive selects tracefs"
+        );
         let ev = link.tracefs_event().unwrap().to_string();
-        let line = our_kprobe_events().into_iter().find(|l| l.contains(&ev)).unwrap();
-        assert!(line.starts_with("r4:"), "{line}");
+        let entry = our_kprobe_events()
+            .into_iter()
+            .find(|l| l.contains(&ev))
+            .unwrap();
+        assert!(entry.starts_with("r4:"), "{entry}");
         getpid_n(N);
         assert!(counter.get(1).unwrap() >= N);
         link.detach().await.unwrap();
-        let e = Kprobe::retprobe(GETPID).maxactive(4).backend(Backend::Pmu).attach(&counter).await.unwrap_err();
+        let e = Kprobe::retprobe(GETPID)
+            .maxactive(4)
+            .backend(Backend::Pmu)
+            .attach(&counter)
+            .await
+            .unwrap_err();
         assert!(e.is_invalid_input(), "{e}");
         assert!(our_kprobe_events().is_empty());
     });
@@ -267,7 +350,11 @@ fn the_reaper_removes_kprobe_events_of_dead_owners_only() {
     let foreign = "othertool_7a11/foreign".to_string();
     let write = |line: String| {
         use std::io::Write as _;
-        std::fs::OpenOptions::new().append(true).open(&file).unwrap().write_all(line.as_bytes())
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap()
+            .write_all(line.as_bytes())
     };
     write(format!("p:{stale} {GETPID}")).unwrap();
     write(format!("p:{foreign} {GETPID}")).unwrap();
@@ -284,12 +371,16 @@ fn the_reaper_removes_kprobe_events_of_dead_owners_only() {
 
 /// Traceable syscall entry points, up to `n`.
 fn syscall_symbols(n: usize) -> Vec<String> {
-    let traceable: HashSet<String> = std::fs::read_to_string(tracefs().join("available_filter_functions"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+    let traceable: HashSet<String> =
+        std::fs::read_to_string(tracefs().join("available_filter_functions"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect();
+    let mut syms: Vec<String> = traceable
+        .into_iter()
+        .filter(|s| s.starts_with("__x64_sys_"))
         .collect();
-    let mut syms: Vec<String> = traceable.into_iter().filter(|s| s.starts_with("__x64_sys_")).collect();
     syms.sort();
     syms.truncate(n);
     syms
@@ -305,7 +396,10 @@ fn kprobe_multi_where_the_kernel_has_it_per_probe_links_otherwise() {
         // A plain program: per-probe perf links, on every kernel.
         let plain = Counter::load(Flavour::Plain, 64).unwrap();
         let mut set = ProbeSet::new(&plain).unwrap().auto_cookies(true);
-        let probes: Vec<Probe> = [GETPID, "__x64_sys_getppid"].iter().map(|s| Kprobe::new(*s).into()).collect();
+        let probes: Vec<Probe> = [GETPID, "__x64_sys_getppid"]
+            .iter()
+            .map(|s| Kprobe::new(*s).into())
+            .collect();
         set.attach(probes.clone()).await.unwrap();
         assert_eq!(set.link_kind(&probes[0]), Some(LinkKind::PerfLink));
         getpid_n(N);
@@ -319,24 +413,39 @@ fn kprobe_multi_where_the_kernel_has_it_per_probe_links_otherwise() {
         assert!(syms.len() >= 100, "{} syscall symbols", syms.len());
         let mut set = ProbeSet::new(&multi).unwrap().auto_cookies(true);
         let t = Instant::now();
-        let r = set.attach(syms.iter().map(|s| Kprobe::new(s.as_str()))).await;
+        let r = set
+            .attach(syms.iter().map(|s| Kprobe::new(s.as_str())))
+            .await;
         let attach = t.elapsed();
         match r {
             Ok(()) => {
                 assert_eq!(set.link_count(), 1);
-                assert_eq!(set.link_kind(&Kprobe::new(GETPID).into()), Some(LinkKind::KprobeMulti));
+                assert_eq!(
+                    set.link_kind(&Kprobe::new(GETPID).into()),
+                    Some(LinkKind::KprobeMulti)
+                );
                 let c = set.cookie_of(&Kprobe::new(GETPID).into()).unwrap();
                 getpid_n(N);
                 assert!(multi.get(u32::try_from(c).unwrap()).unwrap() >= N);
                 let t = Instant::now();
                 set.detach().await.unwrap();
-                println!("{} kprobes in one kprobe_multi link: attach {attach:?}, detach {:?}", syms.len(), t.elapsed());
-                assert!(!kernel.starts_with("6.1") || kernel.starts_with("6.12"), "6.1 has no FPROBE, yet kprobe_multi worked");
+                println!(
+                    "{} kprobes in one kprobe_multi link: attach {attach:?}, detach {:?}",
+                    syms.len(),
+                    t.elapsed()
+                );
+                assert!(
+                    !kernel.starts_with("6.1") || kernel.starts_with("6.12"),
+                    "6.1 has no FPROBE, yet kprobe_multi worked"
+                );
             }
             Err(e) => {
                 assert!(e.is_not_supported(), "{e}");
                 println!("kprobe_multi not supported here: {e}");
-                assert!(!kernel.starts_with("6.12"), "6.12 has FPROBE: kprobe_multi must work: {e}");
+                assert!(
+                    !kernel.starts_with("6.12"),
+                    "6.12 has FPROBE: kprobe_multi must work: {e}"
+                );
             }
         }
     });

@@ -191,6 +191,7 @@ macro_rules! numbered_table {
 
 /// 1000 distinct functions, `functions()[i]` being `numbered::<i>`.
 pub fn functions() -> Vec<fn(u64) -> u64> {
-    let table: [[[fn(u64) -> u64; 10]; 10]; 10] = numbered_table!();
+    type Table = [[[fn(u64) -> u64; 10]; 10]; 10];
+    let table: Table = numbered_table!();
     table.into_iter().flatten().flatten().collect()
 }

@@ -1,0 +1,929 @@
+//! `funccount`: count calls of kernel or user-space functions, like bcc's `funccount` and
+//! `bpftrace -e 'uprobe:LIB:GLOB { @[func] = count(); }'`, with the crate's built-in
+//! counting program (no BPF toolchain needed).
+//!
+//! ```text
+//! funccount [-p PID] [-d SECONDS] [-i INTERVAL] [--ret] PATTERN... [-- COMMAND ARGS]
+//! ```
+//!
+//! - `PATTERN`: `vfs_*` (kernel functions), `c:str*`, `LIB:GLOB` or `/path/to/bin:GLOB`
+//!   (user-space functions; `LIB` as `c`, `libc`, `libssl.so.3`).
+//! - `-p PID`: count only in that process (user-space patterns).
+//! - `-- COMMAND ARGS`: run the command and count only in it (it is started stopped, the
+//!   probes are attached with its pid, then it runs; its children are not counted).
+//! - `-d SECONDS`: stop after that long; `-i INTERVAL`: print the counts of every interval.
+//! - `--ret`: return probes instead of entry probes.
+//!
+//! With no arguments it counts ~35 common C library functions while a short built-in
+//! workload calls them (in this process), and shows how many calls it expected.
+//! `Ctrl-C` stops counting, prints the table and detaches.
+//!
+//! Run it as root: `cargo run --release --example funccount`.
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::io::{IsTerminal as _, Write as _};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{self, Signal};
+use nix::sys::wait::{self, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use probeset::counter::{Counter, Flavour};
+use probeset::discovery::{self, Pattern};
+use probeset::{Error, Probe, ProbeSet, ProgramKind};
+use tokio::signal::unix::{signal as unix_signal, SignalKind};
+
+const USAGE: &str = "\
+usage: funccount [-p PID] [-d SECONDS] [-i INTERVAL] [--ret] PATTERN... [-- COMMAND ARGS]
+  PATTERN      vfs_* (kernel), c:str* | LIB:GLOB | /path/to/bin:GLOB (user space)
+  -p PID       count only in process PID (user-space patterns)
+  -d SECONDS   stop after SECONDS
+  -i INTERVAL  print the counts every INTERVAL seconds
+  --ret        count returns (uretprobes/kretprobes) instead of entries
+  --per-probe  use the plain program: one perf-event link per probe (slow to detach)
+  -- COMMAND   run COMMAND and count only in it
+With no arguments: common C library functions, counted while a built-in workload runs.";
+
+/// The hidden first argument that makes this binary the stopped launcher of a command.
+const LAUNCH_ARG: &str = "--funccount-launch-stopped";
+
+/// The default set: common C library functions (those that are IFUNCs or missing in the
+/// system's libc are left out when resolved).
+const DEFAULT_FUNCTIONS: &[&str] = &[
+    "getpid",
+    "getppid",
+    "getuid",
+    "geteuid",
+    "getgid",
+    "getegid",
+    "kill",
+    "sched_yield",
+    "clock_gettime",
+    "malloc",
+    "free",
+    "calloc",
+    "realloc",
+    "posix_memalign",
+    "open",
+    "openat",
+    "close",
+    "read",
+    "write",
+    "lseek",
+    "fstat",
+    "statx",
+    "getcwd",
+    "getenv",
+    "pthread_mutex_lock",
+    "pthread_mutex_unlock",
+    "pthread_sigmask",
+    "sigprocmask",
+    "nanosleep",
+    "clock_nanosleep",
+    "mmap",
+    "munmap",
+    "mprotect",
+    "madvise",
+    "epoll_wait",
+    "strdup",
+    "uname",
+];
+
+/// Iterations of the built-in workload.
+const WORKLOAD_ITERATIONS: u64 = 1000;
+
+// --- command line ------------------------------------------------------------------------
+
+#[derive(Debug, Default, PartialEq)]
+struct Options {
+    pid: Option<i32>,
+    duration: Option<Duration>,
+    interval: Option<Duration>,
+    ret: bool,
+    per_probe: bool,
+    patterns: Vec<String>,
+    command: Vec<OsString>,
+}
+
+#[derive(Debug, PartialEq)]
+enum Cli {
+    Run(Options),
+    Help,
+}
+
+fn seconds(flag: &str, value: Option<OsString>) -> Result<Duration, String> {
+    let value = value.ok_or_else(|| format!("{flag} needs a number of seconds"))?;
+    let text = value.to_string_lossy();
+    text.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{flag} {text:?}: not a positive number of seconds"))
+}
+
+fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cli, String> {
+    let mut options = Options::default();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let Some(text) = arg.to_str() else {
+            return Err(format!("{arg:?}: not UTF-8"));
+        };
+        match text {
+            "-h" | "--help" => return Ok(Cli::Help),
+            "--" => {
+                options.command = args.by_ref().collect();
+                if options.command.is_empty() {
+                    return Err("-- must be followed by a command".to_owned());
+                }
+            }
+            "-p" | "--pid" => {
+                let value = args.next().ok_or("-p needs a pid")?;
+                let pid = value
+                    .to_str()
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| format!("-p {value:?}: not a pid"))?;
+                options.pid = Some(pid);
+            }
+            "-d" | "--duration" => options.duration = Some(seconds("-d", args.next())?),
+            "-i" | "--interval" => options.interval = Some(seconds("-i", args.next())?),
+            "--ret" | "-r" => options.ret = true,
+            "--per-probe" => options.per_probe = true,
+            flag if flag.starts_with('-') && flag.len() > 1 => {
+                return Err(format!("unknown option {flag}"))
+            }
+            pattern => options.patterns.push(pattern.to_owned()),
+        }
+    }
+    if options.pid.is_some() && !options.command.is_empty() {
+        return Err("-p and -- COMMAND exclude each other: the command's pid is used".to_owned());
+    }
+    Ok(Cli::Run(options))
+}
+
+// --- failures ----------------------------------------------------------------------------
+
+/// Why funccount stops early, and with which exit code.
+#[derive(Debug)]
+enum Failure {
+    /// Bad usage or a kernel that cannot do it: one line, exit 2.
+    Usage(String),
+    /// Anything else: one line, exit 1.
+    Failed(String),
+    /// Ctrl-C before counting began: exit 130.
+    Interrupted,
+}
+
+/// An error with its sources, on one line.
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let _ = write!(text, ": {s}");
+        source = s.source();
+    }
+    text
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        if e.is_invalid_input() {
+            Failure::Usage(describe(&e))
+        } else {
+            Failure::Failed(describe(&e))
+        }
+    }
+}
+
+// --- what to probe -------------------------------------------------------------------------
+
+/// One probe and how the table names it.
+#[derive(Clone, Debug)]
+struct Target {
+    label: String,
+    probe: Probe,
+}
+
+/// The probes for the patterns (or the default set), without duplicates, with cookie =
+/// index. Returns the targets and a summary of what was skipped.
+async fn resolve(options: &Options, user_pid: Option<i32>) -> Result<Resolved, Failure> {
+    let mut resolved = Resolved::default();
+    if options.patterns.is_empty() {
+        let libc = discovery::resolve_library("c", user_pid)?;
+        for name in DEFAULT_FUNCTIONS {
+            let found = discovery::user_functions_async(
+                libc.to_string_lossy().into_owned(),
+                (*name).to_owned(),
+                user_pid,
+            )
+            .await?;
+            resolved.add_user(&found, options.ret);
+        }
+        resolved.description = format!("default set: common functions of {}", libc.display());
+        return Ok(resolved);
+    }
+    for text in &options.patterns {
+        match discovery::parse_pattern(text)? {
+            Pattern::Kernel { glob } => {
+                if options.pid.is_some() {
+                    return Err(Failure::Usage(format!(
+                        "-p does not apply to kernel pattern {text:?}: kprobes count in every process"
+                    )));
+                }
+                let found = discovery::kernel_functions_async(glob).await?;
+                if found.functions.is_empty() {
+                    return Err(no_match(text, &found.skipped));
+                }
+                resolved.add_kernel(&found, options.ret);
+            }
+            Pattern::User { target, glob } => {
+                let found = discovery::user_functions_async(target, glob, user_pid).await?;
+                if found.functions.is_empty() {
+                    return Err(no_match(text, &found.skipped));
+                }
+                resolved.add_user(&found, options.ret);
+            }
+            other => return Err(Failure::Usage(format!("unsupported pattern {other}"))),
+        }
+    }
+    resolved.description = options.patterns.join(" ");
+    Ok(resolved)
+}
+
+fn no_match(pattern: &str, skipped: &[(String, String)]) -> Failure {
+    let mut text = format!("no function matches {pattern:?}");
+    if let Some((name, reason)) = skipped.first() {
+        let _ = write!(
+            text,
+            " that can be probed ({} skipped, e.g. {name}: {reason})",
+            skipped.len()
+        );
+    }
+    Failure::Failed(text)
+}
+
+#[derive(Debug, Default)]
+struct Resolved {
+    targets: Vec<Target>,
+    seen: std::collections::HashSet<Probe>,
+    skipped: Vec<(String, String)>,
+    binaries: std::collections::BTreeSet<PathBuf>,
+    description: String,
+}
+
+impl Resolved {
+    fn push(&mut self, label: String, probe: Probe) {
+        if self.seen.insert(probe.clone()) {
+            let cookie = self.targets.len() as u64;
+            self.targets.push(Target {
+                label,
+                probe: probe.with_cookie(cookie),
+            });
+        }
+    }
+
+    fn add_kernel(&mut self, found: &discovery::KernelMatches, ret: bool) {
+        for f in &found.functions {
+            let probe = if ret {
+                probeset::Kprobe::retprobe(&f.name)
+            } else {
+                f.probe.clone()
+            };
+            self.push(f.qualified_name(), probe.into());
+        }
+        self.skipped.extend(found.skipped.iter().cloned());
+    }
+
+    fn add_user(&mut self, found: &discovery::UserMatches, ret: bool) {
+        self.binaries.insert(found.binary.clone());
+        for f in &found.functions {
+            let label = format!("{}\u{0}{}", found.binary.display(), f.name);
+            self.push(label, f.probe.clone().with_ret(ret).into());
+        }
+        self.skipped.extend(found.skipped.iter().cloned());
+    }
+
+    /// Final labels: the function name alone when all user probes are in one binary, else
+    /// `BINARY:FUNCTION` with the binary's file name.
+    fn finish_labels(&mut self) {
+        let single = self.binaries.len() <= 1;
+        for t in &mut self.targets {
+            if let Some((binary, name)) = t.label.split_once('\u{0}') {
+                t.label = if single {
+                    name.to_owned()
+                } else {
+                    let file = Path::new(binary)
+                        .file_name()
+                        .map_or_else(|| binary.to_owned(), |f| f.to_string_lossy().into_owned());
+                    format!("{file}:{name}")
+                };
+            }
+        }
+    }
+
+    fn all_user(&self) -> bool {
+        self.targets
+            .iter()
+            .all(|t| matches!(t.probe, Probe::Uprobe(_)))
+    }
+
+    fn all_kernel(&self) -> bool {
+        self.targets
+            .iter()
+            .all(|t| matches!(t.probe, Probe::Kprobe(_)))
+    }
+
+    /// Gives every user probe the pid filter.
+    fn with_pid(&mut self, pid: i32) {
+        for t in &mut self.targets {
+            if let Probe::Uprobe(u) = &t.probe {
+                t.probe = Probe::Uprobe(u.clone().pid(pid));
+            }
+        }
+    }
+}
+
+// --- attaching ---------------------------------------------------------------------------
+
+/// The probes attached, and how.
+struct Attached {
+    set: ProbeSet,
+}
+
+impl Attached {
+    /// Detaches everything; returns when every kernel object is released.
+    async fn detach(self) -> Result<(), Error> {
+        self.set.detach().await
+    }
+
+    fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    /// How the probes are held: multi links, or one perf-event link per probe.
+    fn mode(&self) -> String {
+        match self.set.program_kind() {
+            Some(ProgramKind::UprobeMulti) => {
+                format!("uprobe_multi, {}", plural(self.set.link_count(), "link"))
+            }
+            Some(ProgramKind::KprobeMulti) => {
+                format!("kprobe_multi, {}", plural(self.set.link_count(), "link"))
+            }
+            _ => "perf-event links, one per probe".to_owned(),
+        }
+    }
+}
+
+/// Shows `attached N/M` on stderr while a large set attaches, when stderr is a terminal.
+struct ProgressLine {
+    enabled: bool,
+    last: Instant,
+}
+
+impl ProgressLine {
+    fn new(total: usize) -> ProgressLine {
+        ProgressLine {
+            enabled: std::io::stderr().is_terminal() && total > 1,
+            last: Instant::now(),
+        }
+    }
+
+    fn update(&mut self, done: usize, total: usize) {
+        if self.enabled && (done == total || self.last.elapsed() > Duration::from_millis(50)) {
+            self.last = Instant::now();
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\rattached {done}/{total}");
+            if done == total {
+                let _ = writeln!(err);
+            }
+        }
+    }
+
+    fn clear(&self) {
+        if self.enabled {
+            let _ = write!(std::io::stderr().lock(), "\r\x1b[K");
+        }
+    }
+}
+
+/// Attaches `counter` to every probe through one `ProbeSet`, all or nothing (on an error
+/// the set has detached whatever the batch attached). A multi-link counter puts the probes
+/// on one `uprobe_multi` link per binary (one `kprobe_multi` link for kernel functions); the
+/// plain one on a perf-event link per probe.
+async fn attach_all(counter: &Counter, probes: &[Probe]) -> Result<Attached, Error> {
+    let total = probes.len();
+    let mut set = ProbeSet::new(counter)?;
+    // The progress line follows the set's progress channel.
+    let mut rx = set.progress();
+    let shower = tokio::spawn(async move {
+        let mut line = ProgressLine::new(total);
+        while rx.changed().await.is_ok() {
+            let p = rx.borrow_and_update().clone();
+            line.update(p.attached, total);
+            if p.done {
+                line.clear();
+                break;
+            }
+        }
+    });
+    let result = set.attach(probes.iter().cloned()).await;
+    shower.abort();
+    result.map(|()| Attached { set })
+}
+
+/// The counter flavours to try, best first: a multi-link program where the probes allow
+/// it, the plain one as the fallback.
+fn flavours(resolved: &Resolved, per_probe: bool) -> Vec<Flavour> {
+    if per_probe {
+        vec![Flavour::Plain]
+    } else if resolved.all_user() {
+        vec![Flavour::UprobeMulti, Flavour::Plain]
+    } else if resolved.all_kernel() {
+        vec![Flavour::KprobeMulti, Flavour::Plain]
+    } else {
+        vec![Flavour::Plain]
+    }
+}
+
+/// Loads a counter and attaches it, trying each flavour in turn: a kernel without the
+/// multi link (or too old for its program) falls back to the plain program. Whether the
+/// kernel makes the multi link is found with the first probe alone, so that a failure of
+/// the whole set (an unprobeable function, say) is not retried with every probe.
+async fn load_and_attach(
+    resolved: &Resolved,
+    per_probe: bool,
+) -> Result<(Counter, Attached, Duration), Failure> {
+    let probes: Vec<Probe> = resolved.targets.iter().map(|t| t.probe.clone()).collect();
+    let slots = u32::try_from(probes.len())
+        .map_err(|_| Failure::Usage(format!("{} probes are too many", probes.len())))?;
+    let candidates = flavours(resolved, per_probe);
+    for (i, flavour) in candidates.iter().copied().enumerate() {
+        let is_last = i + 1 == candidates.len();
+        let counter = match Counter::load(flavour, slots) {
+            Ok(counter) => counter,
+            Err(e) if !is_last && e.is_not_supported() => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let start = Instant::now();
+        let attached = match attach_all(&counter, &probes).await {
+            Ok(attached) => attached,
+            Err(e) if !is_last && e.is_not_supported() => continue,
+            Err(e) => return Err(attach_failure(&e, resolved)),
+        };
+        return Ok((counter, attached, start.elapsed()));
+    }
+    Err(Failure::Failed(
+        "no counter program could be loaded".to_owned(),
+    ))
+}
+
+fn attach_failure(e: &Error, resolved: &Resolved) -> Failure {
+    if e.is_not_supported() && !resolved.all_user() {
+        let detail = describe(e);
+        let detail = detail
+            .strip_prefix("kprobes is not supported here: ")
+            .unwrap_or(&detail);
+        Failure::Usage(format!(
+            "kprobes are not supported on this kernel: {detail}"
+        ))
+    } else if e.is_invalid_input() || e.is_not_supported() {
+        Failure::Usage(describe(e))
+    } else {
+        Failure::Failed(describe(e))
+    }
+}
+
+// --- the command -------------------------------------------------------------------------
+
+/// In the launcher process: stop until funccount has attached, then become the command.
+/// The command keeps this pid, which the probes filter on.
+fn launch_stopped(command: &[OsString]) -> ExitCode {
+    let Some((program, args)) = command.split_first() else {
+        return ExitCode::from(2);
+    };
+    // Build the command before stopping: after the continue, only exec runs (no extra
+    // libc calls to count).
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args);
+    if let Err(e) = signal::raise(Signal::SIGSTOP) {
+        eprintln!("funccount: cannot stop before running the command: {e}");
+        return ExitCode::from(1);
+    }
+    let e = cmd.exec();
+    eprintln!("funccount: cannot run {}: {e}", program.to_string_lossy());
+    ExitCode::from(127)
+}
+
+/// Starts the command stopped (through the launcher) and waits until it has stopped.
+async fn spawn_stopped(command: &[OsString]) -> Result<tokio::process::Child, Failure> {
+    let me = std::env::current_exe()
+        .map_err(|e| Failure::Failed(format!("cannot find my own executable: {e}")))?;
+    let mut child = tokio::process::Command::new(me)
+        .arg(LAUNCH_ARG)
+        .args(command)
+        .kill_on_drop(false)
+        .spawn()
+        .map_err(|e| {
+            Failure::Failed(format!(
+                "cannot start {}: {e}",
+                command[0].to_string_lossy()
+            ))
+        })?;
+    let pid = child_pid(&child)?;
+    let status = tokio::task::spawn_blocking(move || {
+        wait::waitid(
+            Id::Pid(pid),
+            WaitPidFlag::WSTOPPED | WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+        )
+    })
+    .await
+    .map_err(|e| Failure::Failed(format!("waiting for the command: {e}")))?;
+    match status {
+        Ok(WaitStatus::Stopped(..)) => Ok(child),
+        Ok(other) => {
+            let _ = child.wait().await;
+            Err(Failure::Failed(format!(
+                "the command ended before it started: {other:?}"
+            )))
+        }
+        Err(e) => {
+            let _ = child.start_kill();
+            Err(Failure::Failed(format!("waiting for the command: {e}")))
+        }
+    }
+}
+
+fn child_pid(child: &tokio::process::Child) -> Result<Pid, Failure> {
+    child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .map(Pid::from_raw)
+        .ok_or_else(|| Failure::Failed("the command has no pid".to_owned()))
+}
+
+// --- the built-in workload ---------------------------------------------------------------
+
+/// What the workload calls, and how often: `(function, calls, exact)`; not exact means
+/// "at least" (the runtime and std call these too).
+type Expected = Vec<(&'static str, u64, bool)>;
+
+/// Calls common libc functions a known number of times, through safe wrappers.
+fn workload(iterations: u64) -> Expected {
+    let me = nix::unistd::getpid();
+    for i in 0..iterations {
+        black_box(nix::unistd::getpid());
+        black_box(nix::unistd::getppid());
+        black_box(nix::unistd::getuid());
+        black_box(nix::unistd::geteuid());
+        black_box(nix::unistd::getgid());
+        black_box(nix::unistd::getegid());
+        let _ = black_box(signal::kill(me, None));
+        std::thread::yield_now();
+        black_box(Instant::now());
+        let mut v: Vec<u64> = Vec::with_capacity(16);
+        v.extend(0..=i % 64);
+        black_box(&v);
+        black_box(vec![0u8; 8192]);
+        black_box(std::env::var_os("PATH"));
+        if i % 10 == 0 {
+            let _ = black_box(std::fs::read("/proc/self/stat"));
+            let _ = black_box(std::env::current_dir());
+        }
+    }
+    let n = iterations;
+    vec![
+        ("getpid", n + 1, true),
+        ("getppid", n, true),
+        ("getuid", n, true),
+        ("geteuid", n, true),
+        ("getgid", n, true),
+        ("getegid", n, true),
+        ("kill", n, true),
+        ("sched_yield", n, false),
+        ("clock_gettime", n, false),
+        ("malloc", 2 * n, false),
+        ("calloc", n, false),
+        ("free", 2 * n, false),
+        ("getenv", n, false),
+        ("open", n / 10, false),
+        ("read", n / 10, false),
+        ("close", n / 10, false),
+        ("getcwd", n / 10, false),
+    ]
+}
+
+// --- output ------------------------------------------------------------------------------
+
+fn print_table(targets: &[Target], counts: &[u64], expected: &Expected) {
+    let mut rows: Vec<(&str, u64)> = targets
+        .iter()
+        .zip(counts)
+        .filter(|(_, c)| **c > 0)
+        .map(|(t, c)| (t.label.as_str(), *c))
+        .collect();
+    rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    let width = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0).max(8);
+    let mut out = String::new();
+    if expected.is_empty() {
+        let _ = writeln!(out, "{:<width$} {:>12}", "FUNC", "COUNT");
+    } else {
+        let _ = writeln!(out, "{:<width$} {:>12} {:>10}", "FUNC", "COUNT", "EXPECTED");
+    }
+    for (label, count) in &rows {
+        let _ = write!(out, "{label:<width$} {count:>12}");
+        if let Some((_, n, exact)) = expected.iter().find(|(f, _, _)| f == label) {
+            let text = if *exact {
+                n.to_string()
+            } else {
+                format!(">={n}")
+            };
+            let mark = if (*exact && count == n) || (!*exact && count >= n) {
+                ""
+            } else {
+                "  MISMATCH"
+            };
+            let _ = write!(out, " {text:>10}{mark}");
+        }
+        out.push('\n');
+    }
+    let silent = targets.len() - rows.len();
+    if silent > 0 {
+        let _ = writeln!(out, "({silent} of {} functions not called)", targets.len());
+    }
+    print!("{out}");
+}
+
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+fn millis(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+// --- main --------------------------------------------------------------------------------
+
+#[expect(
+    clippy::too_many_lines,
+    reason = "the command's steps (resolve, attach, run, count, detach) read top to bottom"
+)]
+async fn run(options: Options) -> Result<(), Failure> {
+    let mut interrupt = unix_signal(SignalKind::interrupt())
+        .map_err(|e| Failure::Failed(format!("cannot handle SIGINT: {e}")))?;
+    let mut terminate = unix_signal(SignalKind::terminate())
+        .map_err(|e| Failure::Failed(format!("cannot handle SIGTERM: {e}")))?;
+
+    let builtin = options.patterns.is_empty()
+        && options.command.is_empty()
+        && options.pid.is_none()
+        && options.duration.is_none();
+    let own_pid = i32::try_from(std::process::id()).expect("pids fit in i32");
+    let user_pid = if builtin { Some(own_pid) } else { options.pid };
+
+    let mut resolved = resolve(&options, user_pid).await?;
+    resolved.finish_labels();
+    if resolved.targets.is_empty() {
+        return Err(Failure::Failed("nothing to probe".to_owned()));
+    }
+
+    let mut child = None;
+    if !options.command.is_empty() {
+        let c = spawn_stopped(&options.command).await?;
+        resolved.with_pid(child_pid(&c)?.as_raw());
+        child = Some(c);
+    }
+
+    let attached = tokio::select! {
+        r = load_and_attach(&resolved, options.per_probe) => r,
+        _ = interrupt.recv() => Err(Failure::Interrupted),
+        _ = terminate.recv() => Err(Failure::Interrupted),
+    };
+    let (counter, attached, attach_time) = match attached {
+        Ok(a) => a,
+        Err(e) => {
+            if let Some(mut c) = child {
+                let _ = c.start_kill();
+                let _ = c.wait().await;
+            }
+            if matches!(e, Failure::Interrupted) {
+                // Whatever the cancelled attach had created is released in the background;
+                // perf-event links take ~0.1 s each. A second Ctrl-C stops waiting (the
+                // kernel releases the rest as this process exits).
+                eprintln!("funccount: interrupted; detaching what was attached (Ctrl-C again to skip the wait)");
+                tokio::select! {
+                    () = probeset::cleanup::wait_idle() => {}
+                    _ = interrupt.recv() => {}
+                }
+            }
+            return Err(e);
+        }
+    };
+
+    let scope = match (&child, options.pid, builtin) {
+        (Some(c), _, _) => format!("command pid {}", c.id().unwrap_or(0)),
+        (None, Some(pid), _) => format!("pid {pid}"),
+        (None, None, true) => format!("this process (pid {own_pid}), built-in workload"),
+        (None, None, false) => "all processes".to_owned(),
+    };
+    println!(
+        "Tracing {} ({}){} in {scope}.",
+        plural(resolved.targets.len(), "function"),
+        resolved.description,
+        if options.ret {
+            ", counting returns"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "attach: {} for {}, mode: {}",
+        millis(attach_time),
+        plural(attached.len(), "probe"),
+        attached.mode()
+    );
+    if !resolved.skipped.is_empty() {
+        let examples: Vec<String> = resolved
+            .skipped
+            .iter()
+            .take(3)
+            .map(|(n, r)| format!("{n} ({r})"))
+            .collect();
+        println!(
+            "skipped {}: {}{}",
+            resolved.skipped.len(),
+            examples.join(", "),
+            if resolved.skipped.len() > 3 {
+                ", ..."
+            } else {
+                ""
+            }
+        );
+    }
+
+    let started = Instant::now();
+    let mut expected = Vec::new();
+    let mut workload_task =
+        builtin.then(|| tokio::task::spawn_blocking(|| workload(WORKLOAD_ITERATIONS)));
+    if let Some(c) = &child {
+        signal::kill(child_pid(c)?, Signal::SIGCONT)
+            .map_err(|e| Failure::Failed(format!("cannot continue the command: {e}")))?;
+    } else if !builtin && options.duration.is_none() {
+        println!("Hit Ctrl-C to end.");
+    }
+
+    let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut ticks = options.interval.map(|i| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + i, i);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    let mut previous = vec![0u64; resolved.targets.len()];
+    let mut status_note = None;
+    loop {
+        tokio::select! {
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
+            () = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => break,
+            status = async { child.as_mut().unwrap().wait().await }, if child.is_some() => {
+                status_note = Some(match status {
+                    Ok(s) => format!("command exited: {s}"),
+                    Err(e) => format!("command: {e}"),
+                });
+                break;
+            }
+            result = async { workload_task.as_mut().unwrap().await }, if workload_task.is_some() => {
+                expected = result.map_err(|e| Failure::Failed(format!("workload: {e}")))?;
+                break;
+            }
+            _ = async { ticks.as_mut().unwrap().tick().await }, if ticks.is_some() => {
+                let counts = counter.counts()?;
+                let delta: Vec<u64> = counts.iter().zip(&previous).map(|(c, p)| c - p).collect();
+                println!("\n[{:.1} s]", started.elapsed().as_secs_f64());
+                print_table(&resolved.targets, &delta, &Vec::new());
+                previous = counts;
+            }
+        }
+    }
+    let counts = counter.counts()?;
+    let elapsed = started.elapsed();
+    if let Some(note) = status_note {
+        println!("{note}");
+    }
+    if options.interval.is_some() {
+        println!("\nTotal over {:.1} s:", elapsed.as_secs_f64());
+    } else {
+        println!();
+    }
+    print_table(&resolved.targets, &counts, &expected);
+
+    let n = attached.len();
+    if std::io::stderr().is_terminal() && n > 1 {
+        eprint!("detaching {n} probes...");
+    }
+    let start = Instant::now();
+    let detached = attached.detach().await;
+    if std::io::stderr().is_terminal() && n > 1 {
+        eprint!("\r\x1b[K");
+    }
+    println!(
+        "detach: {} for {}",
+        millis(start.elapsed()),
+        plural(n, "probe")
+    );
+    detached.map_err(Failure::from)
+}
+
+fn main() -> ExitCode {
+    let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if args.first().is_some_and(|a| a == LAUNCH_ARG) {
+        args.remove(0);
+        return launch_stopped(&args);
+    }
+    let options = match parse_args(args) {
+        Ok(Cli::Run(options)) => options,
+        Ok(Cli::Help) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("funccount: {message}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("funccount: cannot start the tokio runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => {
+            eprintln!("funccount: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Failed(message)) => {
+            eprintln!("funccount: {message}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Interrupted) => {
+            eprintln!("funccount: interrupted");
+            ExitCode::from(130)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn command_lines() {
+        assert_eq!(parse_args(args(&[])), Ok(Cli::Run(Options::default())));
+        let Ok(Cli::Run(o)) = parse_args(args(&[
+            "-p", "12", "-d", "1.5", "-i", "1", "--ret", "c:str*", "vfs_*",
+        ])) else {
+            panic!()
+        };
+        assert!(!o.per_probe);
+        assert_eq!(o.pid, Some(12));
+        assert_eq!(o.duration, Some(Duration::from_millis(1500)));
+        assert_eq!(o.interval, Some(Duration::from_secs(1)));
+        assert!(o.ret);
+        assert_eq!(o.patterns, ["c:str*", "vfs_*"]);
+        let Ok(Cli::Run(o)) = parse_args(args(&["c:getpid", "--", "ls", "-l", "--", "-p"])) else {
+            panic!()
+        };
+        assert_eq!(o.command, args(&["ls", "-l", "--", "-p"]));
+        assert_eq!(parse_args(args(&["-h"])), Ok(Cli::Help));
+        for bad in [
+            &["-p"][..],
+            &["-p", "x"],
+            &["-p", "0"],
+            &["-d", "-1"],
+            &["-i", "nan"],
+            &["--bogus"],
+            &["c:x", "--"],
+            &["-p", "1", "c:x", "--", "ls"],
+        ] {
+            assert!(parse_args(args(bad)).is_err(), "{bad:?}");
+        }
+    }
+}
