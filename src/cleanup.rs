@@ -84,7 +84,10 @@ pub(crate) struct InFlight(());
 
 impl InFlight {
     pub(crate) fn new() -> InFlight {
-        *reclaimer().pending.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        *reclaimer()
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) += 1;
         InFlight(())
     }
 }
@@ -126,7 +129,11 @@ pub fn wait_idle_timeout(timeout: Duration) -> bool {
         if left.is_zero() {
             return false;
         }
-        n = r.idle.wait_timeout(n, left).unwrap_or_else(PoisonError::into_inner).0;
+        n = r
+            .idle
+            .wait_timeout(n, left)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
     }
     true
 }

@@ -137,7 +137,9 @@ impl Error {
         match self {
             Error::NotSupported { .. } => true,
             Error::Many { first, .. } => first.is_not_supported(),
-            Error::Probes { failures, .. } => failures.first().is_some_and(|(_, e)| e.is_not_supported()),
+            Error::Probes { failures, .. } => {
+                failures.first().is_some_and(|(_, e)| e.is_not_supported())
+            }
             _ => false,
         }
     }
@@ -148,7 +150,9 @@ impl Error {
         match self {
             Error::NotFound { .. } => true,
             Error::Many { first, .. } => first.is_not_found(),
-            Error::Probes { failures, .. } => failures.first().is_some_and(|(_, e)| e.is_not_found()),
+            Error::Probes { failures, .. } => {
+                failures.first().is_some_and(|(_, e)| e.is_not_found())
+            }
             _ => false,
         }
     }
@@ -161,7 +165,9 @@ impl Error {
             | Error::NotBpfProgram { .. }
             | Error::WrongProgramType { .. } => true,
             Error::Many { first, .. } => first.is_invalid_input(),
-            Error::Probes { failures, .. } => failures.first().is_some_and(|(_, e)| e.is_invalid_input()),
+            Error::Probes { failures, .. } => {
+                failures.first().is_some_and(|(_, e)| e.is_invalid_input())
+            }
             _ => false,
         }
     }
@@ -172,7 +178,9 @@ impl Error {
         match self {
             Error::PermissionDenied { .. } => true,
             Error::Many { first, .. } => first.is_permission_denied(),
-            Error::Probes { failures, .. } => failures.first().is_some_and(|(_, e)| e.is_permission_denied()),
+            Error::Probes { failures, .. } => failures
+                .first()
+                .is_some_and(|(_, e)| e.is_permission_denied()),
             _ => false,
         }
     }

@@ -387,5 +387,8 @@ fn a_link_dropped_just_before_exit_leaves_no_event() {
         .find_map(|l| l.split("EVENT ").nth(1))
         .unwrap_or_else(|| panic!("no EVENT line in {stdout}"));
     let listed = std::fs::read_to_string(tracefs().join("uprobe_events")).unwrap();
-    assert!(!listed.contains(event), "{event} survived its process's exit:\n{listed}");
+    assert!(
+        !listed.contains(event),
+        "{event} survived its process's exit:\n{listed}"
+    );
 }
