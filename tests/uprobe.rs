@@ -392,3 +392,65 @@ fn a_link_dropped_just_before_exit_leaves_no_event() {
         "{event} survived its process's exit:\n{listed}"
     );
 }
+
+#[inline(never)]
+fn target_noreturn(code: i32) -> ! {
+    std::process::exit(black_box(code))
+}
+
+/// The child half of `uretprobe_never_fires_on_a_function_that_does_not_return`.
+#[test]
+fn noreturn_child() {
+    if std::env::var_os("PROBESET_NORETURN_CHILD").is_some() {
+        target_noreturn(0);
+    }
+}
+
+/// Entry and return probes are told apart by a function that never returns: a wrong
+/// retprobe bit (from the PMU's `format/retprobe`) would swap the two counts.
+#[test]
+fn uretprobe_never_fires_on_a_function_that_does_not_return() {
+    if !can_run("uretprobe_never_fires_on_a_function_that_does_not_return") {
+        return;
+    }
+    tracefs();
+    runtime().block_on(async {
+        let counter = Counter::load(Flavour::Plain, 8).unwrap();
+        let sym = symbol_of("target_noreturn");
+        for (slot, backend) in [(0u32, Backend::Pmu), (2, Backend::Tracefs)] {
+            let entry = Uprobe::new(exe(), &sym)
+                .backend(backend)
+                .cookie(u64::from(slot))
+                .attach(&counter)
+                .await
+                .unwrap();
+            let ret = Uprobe::retprobe(exe(), &sym)
+                .backend(backend)
+                .cookie(u64::from(slot + 1))
+                .attach(&counter)
+                .await
+                .unwrap();
+            for _ in 0..3 {
+                let status = std::process::Command::new(exe())
+                    .args(["--exact", "noreturn_child", "--test-threads=1"])
+                    .env("PROBESET_NORETURN_CHILD", "1")
+                    .stdout(std::process::Stdio::null())
+                    .status()
+                    .unwrap();
+                assert!(status.success());
+            }
+            entry.detach().await.unwrap();
+            ret.detach().await.unwrap();
+            assert_eq!(
+                counter.get(slot).unwrap(),
+                3,
+                "{backend:?}: entered once per child"
+            );
+            assert_eq!(
+                counter.get(slot + 1).unwrap(),
+                0,
+                "{backend:?}: never returns"
+            );
+        }
+    });
+}

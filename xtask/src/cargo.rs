@@ -1,0 +1,199 @@
+//! Calls into cargo: building test executables for the VM, and the host test run.
+
+use std::io::{BufRead, BufReader, IsTerminal, Read};
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::json;
+use crate::libtest::Counts;
+use crate::util::{cargo, display_command, err, kill_tree, secs, workspace_root, Context, Result};
+
+/// The default limit for `cargo test --workspace` on the host, in seconds.
+pub const DEFAULT_HOST_TIMEOUT: u64 = 1200;
+
+/// The package whose integration tests the VM tier runs.
+pub const PACKAGE: &str = "probeset";
+
+/// Builds the integration-test targets `names` of [`PACKAGE`] and returns their executables.
+///
+/// Runs `cargo test -p probeset --no-run --message-format=json-render-diagnostics --test
+/// NAME...` and takes `executable` from each `compiler-artifact` message whose `profile.test`
+/// is true. Compiler diagnostics are shown as cargo would show them.
+pub fn build_tests(names: &[String]) -> Result<Vec<PathBuf>> {
+    let mut cmd = cargo();
+    // `json-render-diagnostics`: JSON messages on stdout, and cargo itself renders compiler
+    // diagnostics on stderr as usual (with colour on a terminal).
+    cmd.current_dir(workspace_root()).args([
+        "test",
+        "-p",
+        PACKAGE,
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ]);
+    for name in names {
+        cmd.args(["--test", name]);
+    }
+    eprintln!("xtask: $ {}", display_command(&cmd));
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .context(|| format!("cannot run `{}`", display_command(&cmd)))?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut executables = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context(|| "cannot read cargo's output".to_owned())?;
+        let Some(msg) = json::parse(&line) else {
+            // Not a JSON message (a build script's output, say): pass it through.
+            println!("{line}");
+            continue;
+        };
+        match msg.get("reason").and_then(json::Value::as_str) {
+            Some("compiler-message") => {
+                // Only in case cargo did not render it already.
+                if let Some(rendered) = msg
+                    .get("message")
+                    .and_then(|m| m.get("rendered"))
+                    .and_then(json::Value::as_str)
+                {
+                    eprint!("{rendered}");
+                }
+            }
+            Some("compiler-artifact") => {
+                let is_test = msg
+                    .get("profile")
+                    .and_then(|p| p.get("test"))
+                    .and_then(json::Value::as_bool)
+                    == Some(true);
+                if let (true, Some(exe)) =
+                    (is_test, msg.get("executable").and_then(json::Value::as_str))
+                {
+                    executables.push(PathBuf::from(exe));
+                }
+            }
+            _ => {}
+        }
+    }
+    let status = child
+        .wait()
+        .context(|| "cannot wait for cargo".to_owned())?;
+    if !status.success() {
+        return Err(err(format!(
+            "building the test executables failed (`{}`: {status})",
+            display_command(&cmd)
+        )));
+    }
+    if executables.is_empty() {
+        return Err(err(format!(
+            "`{}` built no test executable",
+            display_command(&cmd)
+        )));
+    }
+    Ok(executables)
+}
+
+/// The outcome of `cargo test --workspace`.
+#[derive(Debug)]
+pub struct HostRun {
+    /// cargo's exit status.
+    pub status: ExitStatus,
+    /// Counts from its output.
+    pub counts: Counts,
+    /// Whether it was killed after the timeout.
+    pub timed_out: bool,
+}
+
+/// Runs `cargo test --workspace` on the host, streaming its output, and counts the results;
+/// kills it (and the tests it started) after `timeout`.
+///
+/// Both streams are read: libtest prints its `test result:` lines on stdout, and the tests
+/// print the skip marker on stderr (written directly, past libtest's capture).
+pub fn host_tests(timeout: Duration) -> Result<HostRun> {
+    let mut cmd = cargo();
+    cmd.current_dir(workspace_root())
+        .args(["test", "--workspace"]);
+    if std::io::stderr().is_terminal() {
+        // cargo's own messages keep their colour although its stderr is now a pipe.
+        cmd.arg("--color=always");
+    }
+    eprintln!("xtask: $ {}", display_command(&cmd));
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context(|| format!("cannot run `{}`", display_command(&cmd)))?;
+    let (tx, rx) = mpsc::channel::<(bool, String)>();
+    let readers = [
+        read_lines(
+            child.stdout.take().expect("piped stdout"),
+            false,
+            tx.clone(),
+        ),
+        read_lines(child.stderr.take().expect("piped stderr"), true, tx),
+    ];
+    let mut counts = Counts::default();
+    let mut deadline = Instant::now() + timeout;
+    let mut timed_out = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (is_stderr, line) = match rx.recv_timeout(left) {
+            Ok(message) => message,
+            Err(mpsc::RecvTimeoutError::Timeout) if !timed_out => {
+                timed_out = true;
+                eprintln!(
+                    "xtask: host tests timed out after {}; killing cargo and its tests",
+                    secs(timeout)
+                );
+                kill_tree(child.id());
+                // Read what is left for a few seconds more.
+                deadline = Instant::now() + Duration::from_secs(10);
+                continue;
+            }
+            // All output read; or killed, yet something still holds the pipes open.
+            Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        if is_stderr {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+        counts.scan(&line);
+    }
+    let status = child
+        .wait()
+        .context(|| "cannot wait for cargo".to_owned())?;
+    if !timed_out {
+        for reader in readers {
+            let _ = reader.join();
+        }
+    }
+    Ok(HostRun {
+        status,
+        counts,
+        timed_out,
+    })
+}
+
+/// Sends each line of `source` (lossy UTF-8, line end dropped) with `tag` to `tx`.
+fn read_lines(
+    source: impl Read + Send + 'static,
+    tag: bool,
+    tx: mpsc::Sender<(bool, String)>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(source);
+        let mut buf = Vec::new();
+        while let Ok(n) = reader.read_until(b'\n', &mut buf) {
+            if n == 0 {
+                break;
+            }
+            let line = String::from_utf8_lossy(&buf);
+            let line = line.trim_end_matches(['\n', '\r']).to_owned();
+            buf.clear();
+            if tx.send((tag, line)).is_err() {
+                break;
+            }
+        }
+    })
+}
