@@ -18,6 +18,8 @@ where
 {
     // The token travels with the result: when the awaiting future was dropped, tokio drops
     // the late result, then the token, so `cleanup::wait_idle` sees the cleanup finish.
+    // The order matters: a tuple drops its fields first to last, so `result` must stay the
+    // first field and `token` the second.
     let token = InFlight::new();
     let task = move || {
         let result = f();

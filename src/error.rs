@@ -23,9 +23,12 @@ pub enum Error {
 
     /// The file descriptor given as the program is not a BPF program.
     #[error(
-        "the program fd is not a BPF program: pass the fd of a loaded BPF_PROG_TYPE_KPROBE program"
+        "the program fd is not a BPF program ({what}): pass the fd of a loaded \
+         BPF_PROG_TYPE_KPROBE program"
     )]
     NotBpfProgram {
+        /// What the fd is, as `/proc/self/fd` names it (`anon_inode:bpf-map`, a path).
+        what: String,
         /// What `BPF_OBJ_GET_INFO_BY_FD` said.
         #[source]
         source: io::Error,
@@ -33,8 +36,9 @@ pub enum Error {
 
     /// The program is a BPF program, but not of type `BPF_PROG_TYPE_KPROBE`.
     #[error(
-        "the program is of BPF program type {found}, not BPF_PROG_TYPE_KPROBE (2): \
-         load it as a kprobe/uprobe program"
+        "the program is a {} program (BPF program type {found}), not BPF_PROG_TYPE_KPROBE (2): \
+         load it as a kprobe/uprobe program",
+        prog_type_name(*.found)
     )]
     WrongProgramType {
         /// The `bpf_prog_type` the kernel reported.
@@ -116,13 +120,58 @@ pub enum Error {
     },
 }
 
+/// The name of a `bpf_prog_type`, for messages.
+fn prog_type_name(t: u32) -> &'static str {
+    const NAMES: [&str; 33] = [
+        "BPF_PROG_TYPE_UNSPEC",
+        "BPF_PROG_TYPE_SOCKET_FILTER",
+        "BPF_PROG_TYPE_KPROBE",
+        "BPF_PROG_TYPE_SCHED_CLS",
+        "BPF_PROG_TYPE_SCHED_ACT",
+        "BPF_PROG_TYPE_TRACEPOINT",
+        "BPF_PROG_TYPE_XDP",
+        "BPF_PROG_TYPE_PERF_EVENT",
+        "BPF_PROG_TYPE_CGROUP_SKB",
+        "BPF_PROG_TYPE_CGROUP_SOCK",
+        "BPF_PROG_TYPE_LWT_IN",
+        "BPF_PROG_TYPE_LWT_OUT",
+        "BPF_PROG_TYPE_LWT_XMIT",
+        "BPF_PROG_TYPE_SOCK_OPS",
+        "BPF_PROG_TYPE_SK_SKB",
+        "BPF_PROG_TYPE_CGROUP_DEVICE",
+        "BPF_PROG_TYPE_SK_MSG",
+        "BPF_PROG_TYPE_RAW_TRACEPOINT",
+        "BPF_PROG_TYPE_CGROUP_SOCK_ADDR",
+        "BPF_PROG_TYPE_LWT_SEG6LOCAL",
+        "BPF_PROG_TYPE_LIRC_MODE2",
+        "BPF_PROG_TYPE_SK_REUSEPORT",
+        "BPF_PROG_TYPE_FLOW_DISSECTOR",
+        "BPF_PROG_TYPE_CGROUP_SYSCTL",
+        "BPF_PROG_TYPE_RAW_TRACEPOINT_WRITABLE",
+        "BPF_PROG_TYPE_CGROUP_SOCKOPT",
+        "BPF_PROG_TYPE_TRACING",
+        "BPF_PROG_TYPE_STRUCT_OPS",
+        "BPF_PROG_TYPE_EXT",
+        "BPF_PROG_TYPE_LSM",
+        "BPF_PROG_TYPE_SK_LOOKUP",
+        "BPF_PROG_TYPE_SYSCALL",
+        "BPF_PROG_TYPE_NETFILTER",
+    ];
+    usize::try_from(t)
+        .ok()
+        .and_then(|i| NAMES.get(i))
+        .copied()
+        .unwrap_or("newer")
+}
+
 /// `: PROBE: ERROR; PROBE: ERROR; ...` for the first few failures of a batch.
 fn list_failures(failures: &[(crate::Probe, Error)]) -> String {
     use std::fmt::Write as _;
     const SHOWN: usize = 5;
     let mut s = String::new();
-    for (i, (probe, e)) in failures.iter().take(SHOWN).enumerate() {
-        let _ = write!(s, "{}{probe}: {e}", if i == 0 { ": " } else { "; " });
+    // Each error names its probe already.
+    for (i, (_, e)) in failures.iter().take(SHOWN).enumerate() {
+        let _ = write!(s, "{}{e}", if i == 0 { ": " } else { "; " });
     }
     if failures.len() > SHOWN {
         let _ = write!(s, "; and {} more", failures.len() - SHOWN);
@@ -189,7 +238,7 @@ impl Error {
     #[must_use]
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
-            Error::NotBpfProgram { source }
+            Error::NotBpfProgram { source, .. }
             | Error::PermissionDenied { source, .. }
             | Error::Syscall { source, .. } => source.raw_os_error(),
             Error::NotFound { source, .. } | Error::NotSupported { source, .. } => {
@@ -261,6 +310,27 @@ impl Error {
     /// The failed probes of a batch, or `None` when none failed.
     pub(crate) fn probes(total: usize, failures: Vec<(crate::Probe, Error)>) -> Option<Error> {
         (!failures.is_empty()).then_some(Error::Probes { total, failures })
+    }
+
+    /// The hint of a not-supported error, or its whole message.
+    pub(crate) fn hint(&self) -> String {
+        match self {
+            Error::NotSupported { hint, .. } => hint.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// A not-supported error that names the probe it was for (`what` gains the probe's
+    /// description); other errors unchanged.
+    pub(crate) fn naming(self, probe: &str) -> Error {
+        match self {
+            Error::NotSupported { what, hint, source } => Error::NotSupported {
+                what: format!("{probe}: {what}"),
+                hint,
+                source,
+            },
+            other => other,
+        }
     }
 
     /// Folds a list of failures into one error: `None` when empty, the error itself when

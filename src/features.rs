@@ -76,7 +76,8 @@ pub(crate) fn check_program(prog: BorrowedFd<'_>) -> Result<bpf::ProgInfo, Error
     if let Ok(target) = link {
         if target.as_os_str() != "anon_inode:bpf-prog" {
             return Err(Error::NotBpfProgram {
-                source: std::io::Error::other(format!("the fd refers to {}", target.display())),
+                what: format!("it is {}", target.display()),
+                source: std::io::Error::from_raw_os_error(libc::EINVAL),
             });
         }
     }
@@ -84,7 +85,10 @@ pub(crate) fn check_program(prog: BorrowedFd<'_>) -> Result<bpf::ProgInfo, Error
         Some(libc::EPERM | libc::EACCES) => {
             Error::syscall("BPF_OBJ_GET_INFO_BY_FD", "the program fd", e)
         }
-        _ => Error::NotBpfProgram { source: e },
+        _ => Error::NotBpfProgram {
+            what: "BPF_OBJ_GET_INFO_BY_FD refused it".to_string(),
+            source: e,
+        },
     })?;
     if info.prog_type != bpf::BPF_PROG_TYPE_KPROBE {
         return Err(Error::WrongProgramType {

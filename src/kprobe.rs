@@ -415,7 +415,10 @@ pub(crate) fn kallsyms_names() -> std::io::Result<std::collections::HashSet<Stri
 pub(crate) fn dup_program(prog: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd, Error> {
     prog.try_clone_to_owned()
         .map_err(|e| match e.raw_os_error() {
-            Some(libc::EBADF) => Error::NotBpfProgram { source: e },
+            Some(libc::EBADF) => Error::NotBpfProgram {
+                what: "it is not an open fd".to_string(),
+                source: e,
+            },
             _ => Error::syscall("fcntl(F_DUPFD_CLOEXEC)", "the program fd", e),
         })
 }

@@ -96,7 +96,8 @@ pub(crate) fn open_pmu(spec: &ProbeSpec<'_>) -> Result<PerfEvent, Error> {
         return Err(Error::not_supported(
             format!("the {} perf PMU", spec.kind.pmu_name()),
             format!(
-                "/sys/bus/event_source/devices/{} is missing (kernel older than 4.17, or without {})",
+                "no {} PMU (/sys/bus/event_source/devices/{} is missing: kernel older than 4.17, or without {})",
+                spec.kind.pmu_name(),
                 spec.kind.pmu_name(),
                 match spec.kind {
                     ProbeKind::Kprobe => "CONFIG_KPROBES",
@@ -198,8 +199,8 @@ pub(crate) fn open_tracefs(spec: &ProbeSpec<'_>) -> Result<PerfEvent, Error> {
 /// the PMU is unsupported.
 pub(crate) fn open(spec: &ProbeSpec<'_>, backend: Backend) -> Result<PerfEvent, Error> {
     match backend {
-        Backend::Pmu => open_pmu(spec),
-        Backend::Tracefs => open_tracefs(spec),
+        Backend::Pmu => open_pmu(spec).map_err(|e| e.naming(spec.display)),
+        Backend::Tracefs => open_tracefs(spec).map_err(|e| e.naming(spec.display)),
         Backend::Auto => {
             let pmu_err = match open_pmu(spec) {
                 Ok(ev) => return Ok(ev),
@@ -210,8 +211,13 @@ pub(crate) fn open(spec: &ProbeSpec<'_>, backend: Backend) -> Result<PerfEvent, 
                 Ok(ev) => Ok(ev),
                 // Both paths missing: say what the PMU lacked and why tracefs did not help.
                 Err(e) if e.is_not_supported() => Err(Error::not_supported(
-                    spec.kind.noun_plural(),
-                    format!("{pmu_err}; and {e}"),
+                    spec.display,
+                    format!(
+                        "this kernel cannot make {}: {}; and {}",
+                        spec.kind.noun_plural(),
+                        pmu_err.hint(),
+                        e.hint()
+                    ),
                     None,
                 )),
                 Err(e) => Err(e),

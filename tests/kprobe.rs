@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Instant;
 
-use common::{can_run, skip, tracefs};
+use common::{can_run, skip, skip_tier, tracefs};
 use probeset::counter::{Counter, Flavour};
 use probeset::{Backend, Kprobe, LinkKind, Probe, ProbeSet};
 
@@ -21,9 +21,9 @@ fn kprobes_here(test: &str) -> bool {
     if pmu || events {
         true
     } else {
-        skip(
+        skip_tier(
             test,
-            "this kernel has no kprobes (no kprobe PMU, no kprobe_events)",
+            "this kernel has no kprobes (no kprobe PMU, no kprobe_events); the VM tier runs this",
         );
         false
     }

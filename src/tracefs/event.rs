@@ -131,7 +131,8 @@ impl ProbeEvent {
             return Err(Error::not_supported(
                 format!("{} through tracefs", kind.noun_plural()),
                 format!(
-                    "{} is missing: the kernel lacks {}",
+                    "no {} in tracefs ({} is missing: the kernel lacks {})",
+                    kind.events_file(),
                     events_file.display(),
                     kind.tracefs_config()
                 ),

@@ -8,11 +8,22 @@ use std::sync::OnceLock;
 use probeset::elf::ElfSymbols;
 
 /// Prints the skip marker the VM runner looks for, bypassing libtest's output capture.
-/// Inside the VM (`PROBESET_VM` set) nothing may skip: it panics instead.
+/// Where nothing may skip (`PROBESET_VM` in the VM, `PROBESET_NO_SKIP` in CI) it panics
+/// instead.
 pub fn skip(test: &str, reason: &str) {
     assert!(
         std::env::var_os("PROBESET_VM").is_none() && std::env::var_os("PROBESET_NO_SKIP").is_none(),
         "{test} would skip where nothing may skip (PROBESET_VM or PROBESET_NO_SKIP is set): {reason}"
+    );
+    let _ = writeln!(std::io::stderr().lock(), "probeset-skip: {test}: {reason}");
+}
+
+/// Skips a test whose tier runs elsewhere (the kprobe tier on a host without kprobes: the
+/// VM runs it). Only inside the VM is that a failure.
+pub fn skip_tier(test: &str, reason: &str) {
+    assert!(
+        std::env::var_os("PROBESET_VM").is_none(),
+        "{test} would skip inside the VM, where nothing may skip: {reason}"
     );
     let _ = writeln!(std::io::stderr().lock(), "probeset-skip: {test}: {reason}");
 }
