@@ -313,6 +313,8 @@ struct Seen<'a> {
     name: &'a str,
     count: usize,
     module: Option<&'a str>,
+    /// The address of the first occurrence, as kallsyms prints it.
+    address: &'a str,
 }
 
 /// The matching functions of a kallsyms text, sorted by name, in one pass. Every
@@ -323,7 +325,7 @@ fn scan_kallsyms<'a>(text: &'a str, glob: &str) -> Vec<Seen<'a>> {
     // Lines are `ADDRESS T NAME`, the address of one width: where the name starts is
     // known, and most lines are rejected on its first bytes without parsing.
     let width = text.find(' ').unwrap_or(0);
-    let mut found: Vec<(&str, Option<&str>)> = Vec::new();
+    let mut found: Vec<(&str, Option<&str>, &str)> = Vec::new();
     for line in text.lines() {
         let b = line.as_bytes();
         let sym = if b.len() > width + 3 && b[width] == b' ' && b[width + 2] == b' ' {
@@ -353,18 +355,20 @@ fn scan_kallsyms<'a>(text: &'a str, glob: &str) -> Vec<Seen<'a>> {
         {
             continue;
         }
-        found.push((sym.name, sym.module));
+        let address = line.split_ascii_whitespace().next().unwrap_or("");
+        found.push((sym.name, sym.module, address));
     }
     // Stable: the first occurrence's module stays first.
-    found.sort_by_key(|(name, _)| *name);
+    found.sort_by_key(|(name, _, _)| *name);
     let mut seen: Vec<Seen<'_>> = Vec::new();
-    for (name, module) in found {
+    for (name, module, address) in found {
         match seen.last_mut() {
             Some(last) if last.name == name => last.count += 1,
             _ => seen.push(Seen {
                 name,
                 count: 1,
                 module,
+                address,
             }),
         }
     }
@@ -434,6 +438,20 @@ fn kernel_functions_in(
 ) -> KernelMatches {
     let seen = scan_kallsyms(kallsyms, glob);
     let traceable = filter.map(|text| names_in(text, 0));
+    // ftrace lists one name per address: `__x64_sys_getppid` is traceable as its alias
+    // `__do_sys_getppid`. So a name counts as traceable when its address is.
+    let traceable_addresses: HashSet<&str> =
+        traceable.as_ref().map_or_else(HashSet::new, |names| {
+            kallsyms
+                .lines()
+                .filter_map(|line| {
+                    let mut fields = line.split_ascii_whitespace();
+                    let address = fields.next()?;
+                    let name = fields.nth(1)?;
+                    (names.contains(name) && address.bytes().any(|b| b != b'0')).then_some(address)
+                })
+                .collect()
+        });
     let blacklisted = blacklist.map(|text| names_in(text, 1));
 
     let mut matches = KernelMatches {
@@ -447,7 +465,10 @@ fn kernel_functions_in(
             Some(format!("ambiguous: {} addresses", s.count))
         } else if !is_valid_symbol(name) {
             Some("not a valid kprobe symbol name".to_owned())
-        } else if traceable.as_ref().is_some_and(|t| !t.contains(name)) {
+        } else if traceable
+            .as_ref()
+            .is_some_and(|t| !t.contains(name) && !traceable_addresses.contains(s.address))
+        {
             Some("not traceable: missing from available_filter_functions".to_owned())
         } else if blacklisted.as_ref().is_some_and(|b| b.contains(name)) {
             Some("on the kprobe blacklist".to_owned())
@@ -1186,6 +1207,19 @@ ffffffffc0030000 t vfs_twice\t[xfs]
         assert_eq!(parse_kallsyms_line("ffff T"), None);
         assert_eq!(parse_kallsyms_line("ffff TT x"), None);
         assert_eq!(parse_kallsyms_line("ffff t x\tnot-a-module"), None);
+    }
+
+    #[test]
+    fn an_alias_of_a_traceable_function_is_traceable() {
+        let kallsyms = "ffffffff81001000 t __do_sys_getppid\n\
+                        ffffffff81001000 T __x64_sys_getppid\n\
+                        ffffffff81002000 T __x64_sys_notrace\n";
+        let filter = "__do_sys_getppid\n";
+        let found = kernel_functions_in(kallsyms, "__x64_sys_*", Some(filter), None);
+        let names: Vec<&str> = found.functions.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["__x64_sys_getppid"]);
+        assert_eq!(found.skipped.len(), 1, "{:?}", found.skipped);
+        assert!(found.skipped[0].1.contains("not traceable"));
     }
 
     #[test]

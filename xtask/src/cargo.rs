@@ -8,13 +8,34 @@ use std::time::{Duration, Instant};
 
 use crate::json;
 use crate::libtest::Counts;
-use crate::util::{cargo, display_command, err, kill_tree, secs, workspace_root, Context, Result};
+use crate::util::{
+    cargo, display_command, err, kill_tree, secs, target_dir, workspace_root, Context, Result,
+};
 
 /// The default limit for `cargo test --workspace` on the host, in seconds.
 pub const DEFAULT_HOST_TIMEOUT: u64 = 1200;
 
 /// The package whose integration tests the VM tier runs.
 pub const PACKAGE: &str = "probeset";
+
+/// Builds example `name` of [`PACKAGE`] (dev profile, as the tests) and returns its path.
+pub fn build_example(name: &str) -> Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.current_dir(workspace_root())
+        .args(["build", "-p", PACKAGE, "--example", name]);
+    eprintln!("xtask: $ {}", display_command(&cmd));
+    let status = cmd
+        .status()
+        .context(|| format!("cannot run `{}`", display_command(&cmd)))?;
+    if !status.success() {
+        return Err(err(format!("`{}` failed: {status}", display_command(&cmd))));
+    }
+    let exe = target_dir().join("debug/examples").join(name);
+    if !exe.is_file() {
+        return Err(err(format!("{} was not built", exe.display())));
+    }
+    Ok(exe)
+}
 
 /// Builds the integration-test targets `names` of [`PACKAGE`] and returns their executables.
 ///

@@ -32,6 +32,8 @@ pub struct Guest {
     pub payloads: Vec<Payload>,
     /// The working directory of the programs (created in the initramfs, empty).
     pub workdir: PathBuf,
+    /// More programs the payloads run (the `funccount` example), at their host paths.
+    pub extras: Vec<PathBuf>,
 }
 
 /// The kernel command line word that carries the kernel's short name to `/init`.
@@ -64,9 +66,9 @@ pub fn build(dir: &Path, guest: &Guest) -> Result<PathBuf> {
     }
 
     // The executables and their libraries, at their host paths.
-    for payload in &guest.payloads {
-        place(&root, &payload.exe)?;
-        for lib in shared_libraries(&payload.exe)? {
+    for exe in guest.payloads.iter().map(|p| &p.exe).chain(&guest.extras) {
+        place(&root, exe)?;
+        for lib in shared_libraries(exe)? {
             place(&root, &lib)?;
         }
     }
@@ -99,7 +101,9 @@ mnt() {
 mnt proc /proc
 mnt sysfs /sys
 mnt devtmpfs /dev
-mnt tmpfs /tmp
+# The initramfs root is already a writable tmpfs: no tmpfs over /tmp, which would hide
+# the payloads of a workspace that lives under /tmp.
+mkdir -p /tmp
 mnt tracefs /sys/kernel/tracing
 mnt debugfs /sys/kernel/debug
 mnt bpf /sys/fs/bpf
@@ -320,6 +324,7 @@ mod tests {
                 args: vec!["--test-threads=1".into(), "a b".into()],
             }],
             workdir: PathBuf::from("/w"),
+            extras: Vec::new(),
         };
         let script = init_script(&guest);
         assert!(script.starts_with("#!/bin/sh\n"));

@@ -160,9 +160,7 @@ fn parse(args: &[String]) -> Result<Cli> {
                     args: args.unwrap_or_default(),
                 },
                 (None, Some(_)) => return Err(err("arguments after -- need --exec")),
-                (None, None) if tests.is_empty() => {
-                    vm::Target::Tests(vec![vm::DEFAULT_TEST.to_owned()])
-                }
+                (None, None) if tests.is_empty() => vm::Target::Tests(vm::default_tests()),
                 (None, None) => vm::Target::Tests(tests),
             };
             if kernels.is_empty() {
@@ -249,7 +247,7 @@ fn test_command(run_vm: bool, timeout: Duration, host_timeout: Duration) -> Resu
     if run_vm {
         let opts = vm::Options {
             kernels: Spec::matrix(),
-            target: vm::Target::Tests(vec![vm::DEFAULT_TEST.to_owned()]),
+            target: vm::Target::Tests(vm::default_tests()),
             timeout,
         };
         match vm::run(&opts, &mut Apt::default()) {
@@ -301,7 +299,7 @@ mod tests {
             panic!("not vm")
         };
         assert_eq!(opts.kernels, Spec::matrix());
-        assert!(matches!(opts.target, vm::Target::Tests(ref t) if t == &["kprobe"]));
+        assert!(matches!(opts.target, vm::Target::Tests(ref t) if t == &["kprobe", "funccount"]));
         assert_eq!(opts.timeout, Duration::from_mins(15));
     }
 

@@ -21,8 +21,14 @@ use crate::util::{display_command, err, secs, target_dir, workspace_root, Contex
 /// The default per-kernel timeout, in seconds.
 pub const DEFAULT_TIMEOUT: u64 = 900;
 
-/// The integration-test target run by default (`tests/kprobe.rs`).
-pub const DEFAULT_TEST: &str = "kprobe";
+/// The integration-test targets run by default: `tests/kprobe.rs` and `tests/funccount.rs`
+/// (whose kprobe pattern test runs the `funccount` example, packed as an extra).
+pub const DEFAULT_TESTS: [&str; 2] = ["kprobe", "funccount"];
+
+/// The default test targets, owned.
+pub fn default_tests() -> Vec<String> {
+    DEFAULT_TESTS.iter().map(|t| (*t).to_owned()).collect()
+}
 
 /// Arguments given to each libtest executable built from the crate: one test at a time (the
 /// guest has one CPU anyway) and no output capture, so that a skip marker printed by a
@@ -105,12 +111,20 @@ impl KernelResult {
 pub fn run(opts: &Options, apt: &mut Apt) -> Result<Vec<KernelResult>> {
     apt.ensure_host_tools()?;
     let (payloads, need_tests) = payloads(&opts.target)?;
+    // tests/funccount.rs runs the example: build it with the tests' profile.
+    let extras = match &opts.target {
+        Target::Tests(names) if names.iter().any(|n| n == "funccount") => {
+            vec![crate::cargo::build_example("funccount")?]
+        }
+        _ => Vec::new(),
+    };
     let run_dir = target_dir().join("vm/run");
     fs::create_dir_all(&run_dir).context(|| format!("cannot create {}", run_dir.display()))?;
     let _lock = lock(&target_dir().join("vm/lock"))?;
     let guest = Guest {
         payloads,
         workdir: workspace_root(),
+        extras,
     };
     let started = Instant::now();
     let initrd = initramfs::build(&run_dir, &guest)?;
