@@ -68,9 +68,8 @@ fn cancelled_batches_leave_nothing_and_the_set_as_it_was() {
         // The set stays usable, and counts exactly.
         set.attach((1..6).map(probe)).await.unwrap();
         counter.reset().unwrap();
-        let fs = functions();
-        for i in 0..6 {
-            std::hint::black_box(fs[i](1));
+        for f in &functions()[..6] {
+            std::hint::black_box(f(1));
         }
         assert_eq!(&counter.counts().unwrap()[..6], &[1, 1, 1, 1, 1, 1]);
         set.detach().await.unwrap();
