@@ -25,6 +25,10 @@ pub enum ProgramKind {
     UnsupportedMulti,
 }
 
+/// Set by [`crate::raw::force_perf_event_ioctl`]: behave as a kernel without perf links.
+pub(crate) static FORCE_IOCTL: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// Whether `BPF_LINK_CREATE` makes perf-event links (kernel 5.15+, 82e6b1eee6a8 "bpf:
 /// Allow to specify user-provided `bpf_cookie` for BPF perf links"). Without them the program
 /// is attached with `PERF_EVENT_IOC_SET_BPF` and cookies are not available.
@@ -32,6 +36,9 @@ pub enum ProgramKind {
 /// Probed once by loading a two-instruction kprobe program and asking for a perf link to fd
 /// -1: `EBADF` means the kernel knows the attach type and went on to look up the fd.
 pub(crate) fn perf_links() -> bool {
+    if FORCE_IOCTL.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
     static CACHE: OnceLock<bool> = OnceLock::new();
     *CACHE.get_or_init(|| {
         let insns = [

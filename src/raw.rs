@@ -51,3 +51,10 @@ pub fn link_kprobe_multi(
     let flags = if ret { bpf::MULTI_RETURN } else { 0 };
     bpf::link_create_kprobe_multi(prog, syms, Some(cookies), flags)
 }
+
+/// Makes the crate behave as on a kernel without BPF perf links (before 5.15): programs go
+/// on perf events with `PERF_EVENT_IOC_SET_BPF`, and cookies are refused. For testing that
+/// path on a newer kernel; process-wide.
+pub fn force_perf_event_ioctl(on: bool) {
+    crate::features::FORCE_IOCTL.store(on, std::sync::atomic::Ordering::Relaxed);
+}
