@@ -36,10 +36,10 @@ pub(crate) static FORCE_IOCTL: std::sync::atomic::AtomicBool =
 /// Probed once by loading a two-instruction kprobe program and asking for a perf link to fd
 /// -1: `EBADF` means the kernel knows the attach type and went on to look up the fd.
 pub(crate) fn perf_links() -> bool {
+    static CACHE: OnceLock<bool> = OnceLock::new();
     if FORCE_IOCTL.load(std::sync::atomic::Ordering::Relaxed) {
         return false;
     }
-    static CACHE: OnceLock<bool> = OnceLock::new();
     *CACHE.get_or_init(|| {
         let insns = [
             Insn {
