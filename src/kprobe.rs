@@ -43,13 +43,22 @@ pub struct Kprobe {
     maxactive: Option<u32>,
 }
 
+impl Kprobe {
+    /// What makes two kprobes the same kernel probe: everything but the cookie.
+    fn identity(&self) -> (&str, u64, bool, Backend, Option<u32>) {
+        (
+            &self.symbol,
+            self.offset,
+            self.ret,
+            self.backend,
+            self.maxactive,
+        )
+    }
+}
+
 impl PartialEq for Kprobe {
     fn eq(&self, other: &Kprobe) -> bool {
-        self.symbol == other.symbol
-            && self.offset == other.offset
-            && self.ret == other.ret
-            && self.backend == other.backend
-            && self.maxactive == other.maxactive
+        self.identity() == other.identity()
     }
 }
 
@@ -57,11 +66,7 @@ impl Eq for Kprobe {}
 
 impl Hash for Kprobe {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.symbol.hash(state);
-        self.offset.hash(state);
-        self.ret.hash(state);
-        self.backend.hash(state);
-        self.maxactive.hash(state);
+        self.identity().hash(state);
     }
 }
 

@@ -52,15 +52,26 @@ pub struct Uprobe {
     backend: Backend,
 }
 
+/// What makes two uprobes the same kernel probe: everything but the cookie.
+type Identity<'a> = (&'a Path, &'a Target, u64, Option<i32>, u64, bool, Backend);
+
+impl Uprobe {
+    fn identity(&self) -> Identity<'_> {
+        (
+            &self.binary,
+            &self.target,
+            self.offset,
+            self.pid,
+            self.ref_ctr_offset,
+            self.ret,
+            self.backend,
+        )
+    }
+}
+
 impl PartialEq for Uprobe {
     fn eq(&self, other: &Uprobe) -> bool {
-        self.binary == other.binary
-            && self.target == other.target
-            && self.offset == other.offset
-            && self.pid == other.pid
-            && self.ref_ctr_offset == other.ref_ctr_offset
-            && self.ret == other.ret
-            && self.backend == other.backend
+        self.identity() == other.identity()
     }
 }
 
@@ -68,13 +79,7 @@ impl Eq for Uprobe {}
 
 impl Hash for Uprobe {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.binary.hash(state);
-        self.target.hash(state);
-        self.offset.hash(state);
-        self.pid.hash(state);
-        self.ref_ctr_offset.hash(state);
-        self.ret.hash(state);
-        self.backend.hash(state);
+        self.identity().hash(state);
     }
 }
 
@@ -343,10 +348,15 @@ impl Uprobe {
         }
     }
 
-    fn attach_perf(&self, prog: &OwnedFd, path: &str, offset: u64) -> Result<Attached, Error> {
-        let display = self.to_string();
-        let hint = self.event_hint(offset);
-        let spec = ProbeSpec {
+    /// The perf-event description of this probe at `offset` of `path`.
+    fn spec<'a>(
+        &'a self,
+        path: &'a str,
+        offset: u64,
+        hint: &'a str,
+        display: &'a str,
+    ) -> ProbeSpec<'a> {
+        ProbeSpec {
             kind: ProbeKind::Uprobe,
             ret: self.ret,
             name: path,
@@ -354,9 +364,14 @@ impl Uprobe {
             ref_ctr_offset: self.ref_ctr_offset,
             pid: self.pid,
             maxactive: None,
-            event_hint: &hint,
-            display: &display,
-        };
+            event_hint: hint,
+            display,
+        }
+    }
+
+    fn attach_perf(&self, prog: &OwnedFd, path: &str, offset: u64) -> Result<Attached, Error> {
+        let (display, hint) = (self.to_string(), self.event_hint(offset));
+        let spec = self.spec(path, offset, &hint, &display);
         perf_event::attach(prog, &spec, self.backend, self.cookie)
     }
 
@@ -368,19 +383,8 @@ impl Uprobe {
                  use Backend::Auto",
             ));
         }
-        let display = self.to_string();
-        let hint = self.event_hint(offset);
-        let spec = ProbeSpec {
-            kind: ProbeKind::Uprobe,
-            ret: self.ret,
-            name: path,
-            offset,
-            ref_ctr_offset: self.ref_ctr_offset,
-            pid: self.pid,
-            maxactive: None,
-            event_hint: &hint,
-            display: &display,
-        };
+        let (display, hint) = (self.to_string(), self.event_hint(offset));
+        let spec = self.spec(path, offset, &hint, &display);
         let ref_ctr = [self.ref_ctr_offset];
         let link = uprobe_multi(
             prog,

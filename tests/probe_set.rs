@@ -357,10 +357,7 @@ fn the_runtime_keeps_ticking_while_fifty_probes_detach() {
         return;
     }
     // One worker thread: if detaching blocked it, the timer would stop.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::current_thread_runtime();
     rt.block_on(async {
         let counter = Counter::load(Flavour::Plain, 1000).unwrap();
         let mut set = ProbeSet::new(&counter).unwrap();

@@ -315,10 +315,7 @@ fn attach_runs_off_the_runtime_worker() {
     if !can_run("attach_runs_off_the_runtime_worker") {
         return;
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::current_thread_runtime();
     rt.block_on(async {
         let counter = Counter::load(Flavour::Plain, 2).unwrap();
         let ticker = tokio::spawn(async {

@@ -102,6 +102,14 @@ pub fn offset_of(fragment: &str) -> u64 {
     syms.resolve(&symbol_of(fragment)).unwrap()
 }
 
+/// A one-thread runtime: if anything blocked its only worker, its timers would stop.
+pub fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// A multi-thread runtime like a service's.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
