@@ -112,8 +112,8 @@ impl ElfSymbols {
             .map_err(|e| match e.raw_os_error() {
                 Some(libc::ENOENT | libc::ENOTDIR) => Error::not_found(
                     what(),
-                    "check the path; a library name like \"libc\" is not resolved here, \
-                     give its full path",
+                    "check the path; for a library name such as \"c\" or \"libssl.so.3\", \
+                     find its path with probeset::discovery::resolve_library",
                     Some(e),
                 ),
                 _ => Error::syscall("open", what(), e),
