@@ -41,6 +41,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use tokio::sync::watch;
 
@@ -865,11 +866,13 @@ impl ProbeSet {
     /// Back-pressure: the next changes are read only once the outcomes of the previous
     /// batch have been taken, so nothing buffers without bound.
     ///
+    /// The stream is boxed (and `Unpin`), so `.next().await` works on it directly.
+    ///
     /// # Cancel safety
     /// Dropping the returned stream drops the changes it had read but not applied; a batch
     /// in progress is rolled back as a cancelled [`ProbeSet::attach`] is. The set stays
     /// usable.
-    pub fn apply<'a, S>(&'a mut self, changes: S) -> impl Stream<Item = Outcome> + 'a
+    pub fn apply<'a, S>(&'a mut self, changes: S) -> BoxStream<'a, Outcome>
     where
         S: Stream<Item = Change> + Send + 'a,
     {
@@ -899,6 +902,7 @@ impl ProbeSet {
             let o = st.out.pop_front()?;
             Some((o, st))
         })
+        .boxed()
     }
 
     /// Applies a ready batch of changes: each probe's last change in the batch wins; the
