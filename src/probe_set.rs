@@ -39,12 +39,13 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use tokio::sync::watch;
 
+use crate::elf::ElfSymbols;
 use crate::features::{self, ProgramKind};
 use crate::kprobe::{self, dup_program};
 use crate::link::{Attached, LinkKind};
@@ -127,8 +128,30 @@ struct Rebuild {
 /// The failed probes of a batch, each with its error.
 type Failures = Vec<(Probe, Error)>;
 
-/// `/proc/kallsyms` names, read when first needed during one batch.
-type Kallsyms = Mutex<Option<HashSet<String>>>;
+/// What resolving one batch reads once: `/proc/kallsyms` names, and each binary's ELF
+/// symbols and absolute path (so a batch of 2000 probes on libc opens libc once).
+#[derive(Default)]
+struct Resolver {
+    kallsyms: Option<HashSet<String>>,
+    binaries: HashMap<std::path::PathBuf, (Arc<ElfSymbols>, String)>,
+}
+
+impl Resolver {
+    /// The binary of `u`, loaded (once per batch), and its absolute path.
+    fn binary(&mut self, u: &crate::Uprobe) -> Result<&(Arc<ElfSymbols>, String), Error> {
+        if !self.binaries.contains_key(u.binary()) {
+            let loaded = (ElfSymbols::load(u.binary())?, u.absolute_path()?);
+            self.binaries.insert(u.binary().to_path_buf(), loaded);
+        }
+        Ok(&self.binaries[u.binary()])
+    }
+
+    /// `/proc/kallsyms` names (read once per batch).
+    fn kallsyms(&mut self) -> &HashSet<String> {
+        self.kallsyms
+            .get_or_insert_with(|| kprobe::kallsyms_names().unwrap_or_default())
+    }
+}
 
 /// The probes of a batch that go into one multi link.
 struct Group {
@@ -792,13 +815,17 @@ impl ProbeSet {
             let failed = Arc::clone(&failed);
             blocking::run(move || {
                 let mut out = Vec::with_capacity(chunk.len());
+                let mut resolver = Resolver::default();
                 for probe in chunk {
                     if cancel.load(Ordering::Relaxed) {
                         break;
                     }
                     let r = match &probe {
                         Probe::Kprobe(k) => k.attach_raw(&prog, ProgramKind::Plain),
-                        Probe::Uprobe(u) => u.attach_raw(&prog, ProgramKind::Plain),
+                        Probe::Uprobe(u) => resolver.binary(u).and_then(|(symbols, path)| {
+                            let offset = u.offset_in(symbols)?;
+                            u.attach_at(&prog, ProgramKind::Plain, path, offset)
+                        }),
                     };
                     let text = probe.to_string();
                     if r.is_ok() {
@@ -1060,15 +1087,12 @@ fn split<T>(items: Vec<T>, n: usize) -> Vec<Vec<T>> {
 }
 
 /// Resolves each probe for a multi link of a `kind` program; the failures are named.
-fn resolve_members(
-    kind: ProgramKind,
-    probes: Vec<Probe>,
-    kallsyms: &Kallsyms,
-) -> (Vec<(MultiKey, Member)>, Failures) {
+fn resolve_members(kind: ProgramKind, probes: Vec<Probe>) -> (Vec<(MultiKey, Member)>, Failures) {
+    let mut resolver = Resolver::default();
     let mut ok = Vec::with_capacity(probes.len());
     let mut bad = Vec::new();
     for probe in probes {
-        match resolve_member(kind, &probe, kallsyms) {
+        match resolve_member(kind, &probe, &mut resolver) {
             Ok(m) => ok.push(m),
             Err(e) => bad.push((probe, e)),
         }
@@ -1079,12 +1103,14 @@ fn resolve_members(
 fn resolve_member(
     kind: ProgramKind,
     probe: &Probe,
-    kallsyms: &Kallsyms,
+    resolver: &mut Resolver,
 ) -> Result<(MultiKey, Member), Error> {
     match (kind, probe) {
         (ProgramKind::UprobeMulti, Probe::Uprobe(u)) => {
             check_multi_backend(u.backend_value(), probe)?;
-            let (path, offset) = u.resolve()?;
+            let (symbols, path) = resolver.binary(u)?;
+            let offset = u.offset_in(symbols)?;
+            let path = path.clone();
             Ok((
                 MultiKey::Uprobe {
                     path,
@@ -1108,7 +1134,7 @@ fn resolve_member(
                     "kprobe multi links take neither an offset nor maxactive; use a plain kprobe program",
                 ));
             }
-            let symbol = kernel_symbol(k, kallsyms)?;
+            let symbol = kernel_symbol(k, resolver.kallsyms())?;
             Ok((
                 MultiKey::Kprobe {
                     ret: k.is_retprobe(),
@@ -1145,12 +1171,7 @@ fn check_multi_backend(backend: Backend, probe: &Probe) -> Result<(), Error> {
 
 /// The kernel's name for `k`'s symbol: as given if `/proc/kallsyms` lists it, else with
 /// the syscall prefix if that is listed. Not-found when neither is.
-fn kernel_symbol(k: &Kprobe, kallsyms: &Kallsyms) -> Result<String, Error> {
-    let mut guard = kallsyms.lock().unwrap_or_else(PoisonError::into_inner);
-    if guard.is_none() {
-        *guard = Some(kprobe::kallsyms_names().unwrap_or_default());
-    }
-    let names = guard.as_ref().expect("filled");
+fn kernel_symbol(k: &Kprobe, names: &HashSet<String>) -> Result<String, Error> {
     if names.is_empty() || names.contains(k.symbol()) {
         // An empty table (no /proc/kallsyms, or addresses hidden) leaves it to the kernel.
         return Ok(k.symbol().to_string());
@@ -1255,8 +1276,7 @@ fn build_multis(
     probes: Vec<Probe>,
     progress: &watch::Sender<Progress>,
 ) -> Built {
-    let kallsyms = Mutex::new(None);
-    let (members, failed) = resolve_members(kind, probes, &kallsyms);
+    let (members, failed) = resolve_members(kind, probes);
     let mut built = Built {
         failed,
         ..Built::default()

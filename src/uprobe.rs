@@ -265,22 +265,30 @@ impl Uprobe {
     /// symbol tables (cached per file).
     pub(crate) fn resolve(&self) -> Result<(String, u64), Error> {
         let symbols = ElfSymbols::load(&self.binary)?;
+        Ok((self.absolute_path()?, self.offset_in(&symbols)?))
+    }
+
+    /// The file offset of the probe, from `symbols` (this probe's binary, loaded).
+    pub(crate) fn offset_in(&self, symbols: &ElfSymbols) -> Result<u64, Error> {
         let base = match &self.target {
             Target::Symbol(s) => symbols.resolve(s)?,
             Target::FileOffset(o) => *o,
         };
-        let offset = base.checked_add(self.offset).ok_or_else(|| {
+        base.checked_add(self.offset).ok_or_else(|| {
             Error::invalid(
                 format!("offset of {self}"),
                 "symbol offset plus offset overflows u64",
             )
-        })?;
+        })
+    }
+
+    /// The binary's absolute path, as the kernel is given it.
+    pub(crate) fn absolute_path(&self) -> Result<String, Error> {
         let path = std::path::absolute(&self.binary)
             .map_err(|e| Error::syscall("getcwd", format!("{:?}", self.binary), e))?;
-        let path = path.into_os_string().into_string().map_err(|p| {
-            Error::invalid(format!("uprobe binary {p:?}"), "the path must be UTF-8")
-        })?;
-        Ok((path, offset))
+        path.into_os_string()
+            .into_string()
+            .map_err(|p| Error::invalid(format!("uprobe binary {p:?}"), "the path must be UTF-8"))
     }
 
     /// Attaches `prog` to this probe.
@@ -325,9 +333,20 @@ impl Uprobe {
     /// Attaches `prog` (of the given kind) and returns what the attachment owns.
     pub(crate) fn attach_raw(&self, prog: &OwnedFd, kind: ProgramKind) -> Result<Attached, Error> {
         let (path, offset) = self.resolve()?;
+        self.attach_at(prog, kind, &path, offset)
+    }
+
+    /// Attaches `prog` (of the given kind) at `offset` of `path`, already resolved.
+    pub(crate) fn attach_at(
+        &self,
+        prog: &OwnedFd,
+        kind: ProgramKind,
+        path: &str,
+        offset: u64,
+    ) -> Result<Attached, Error> {
         match kind {
-            ProgramKind::Plain => self.attach_perf(prog, &path, offset),
-            ProgramKind::UprobeMulti => self.attach_multi(prog, &path, offset),
+            ProgramKind::Plain => self.attach_perf(prog, path, offset),
+            ProgramKind::UprobeMulti => self.attach_multi(prog, path, offset),
             ProgramKind::KprobeMulti => Err(Error::invalid(
                 format!("program for {self}"),
                 "the program was loaded for kprobe_multi and cannot attach uprobes; load a uprobe program",
