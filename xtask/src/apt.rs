@@ -88,6 +88,26 @@ impl Apt {
         Ok(())
     }
 
+    /// Installs whichever of `packages` is not installed (by `dpkg-query`).
+    pub fn ensure_packages(&mut self, packages: &[&str]) -> Result<()> {
+        let missing: Vec<&str> = packages
+            .iter()
+            .copied()
+            .filter(|p| !is_installed(p))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        eprintln!("xtask: installing {}", missing.join(" "));
+        need_root(&format!("apt-get install {}", missing.join(" ")))?;
+        if install(&missing).is_err() {
+            // Stale or missing package lists: refresh once and try again.
+            self.update()?;
+            install(&missing)?;
+        }
+        Ok(())
+    }
+
     /// `apt-cache <args>`, quietly; the standard output.
     pub fn cache(args: &[&str]) -> Result<String> {
         output(Command::new("apt-cache").args(args))
@@ -103,6 +123,14 @@ impl Apt {
 }
 
 /// `apt-get install -y --no-install-recommends <packages>`.
+/// Whether Debian package `package` is installed.
+fn is_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
 fn install(packages: &[&str]) -> Result<()> {
     run(Command::new("apt-get")
         .env("DEBIAN_FRONTEND", "noninteractive")

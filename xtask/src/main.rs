@@ -11,6 +11,7 @@
 //! main crate is in.
 
 mod apt;
+mod bench;
 mod cargo;
 mod initramfs;
 mod json;
@@ -35,13 +36,17 @@ usage:
       cargo test --workspace on the host, then the VM tier on every kernel of the matrix
       --no-vm              host tests only
       --host-timeout SECS  limit for the host tests (default 1200)
+  cargo xtask bench [--quick] [--only SUBSTR]
+      the side-by-side benchmark (bench/): probeset, raw syscalls, libbpf-rs, aya, bpftrace;
+      installs clang, gcc, bpftrace, libelf-dev, zlib1g-dev, pkg-config when missing;
+      --quick: a small subset (~1 min); results in target/bench/
   cargo xtask vm [--kernel NAME]... [--test NAME]... [--timeout SECS]
   cargo xtask vm [--kernel NAME]... --exec PATH [--timeout SECS] [-- ARGS...]
       boot each kernel under qemu and run tests inside
       --kernel NAME   a kernel of the matrix (6.12, 6.1) or a Debian linux-image-* package;
                       repeatable; default: the whole matrix
       --test NAME     an integration-test target of probeset (tests/NAME.rs); repeatable;
-                      default: kprobe
+                      default: kprobe and funccount
       --exec PATH     run this executable instead, with ARGS (given after --)
       --timeout SECS  limit per kernel (default 900)
 ";
@@ -60,6 +65,17 @@ enum Cli {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "bench") {
+        // Everything after `bench` goes to the driver, which parses it.
+        return match bench::run(&args[1..], &mut Apt::default()) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("xtask: error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = match parse(&args) {
         Ok(cli) => cli,
         Err(e) => {
