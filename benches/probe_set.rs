@@ -1,0 +1,184 @@
+//! `ProbeSet` batch attach + detach of uprobes on this bench binary's own functions: 1000
+//! probes through one multi link, and per-probe links (perf event + BPF link each).
+//!
+//! `cargo bench --bench probe_set [multi|per_probe]` (root). A custom harness
+//! (`harness = false`), not criterion: a per-probe detach costs ~110 ms of kernel time per
+//! probe, serialized machine-wide, so one 1000-probe per-probe iteration takes ~110 s, and
+//! criterion's minimum of 10 samples plus warm-up would take half an hour. Each iteration here
+//! is verified (every probed function called once must count exactly 1), and the median, min
+//! and max are printed.
+//!
+//! Sizes: multi 1000 probes x 7 iterations; per-probe 100 probes x 3 iterations (set
+//! `PROBESET_BENCH_PER_PROBE_N=1000` for the full batch, ~2 min per iteration). Run without
+//! `--bench` (as `cargo test --benches` does) it is a one-iteration smoke test (per-probe: 10).
+//! The side-by-side comparison with the raw syscalls, libbpf-rs, aya and bpftrace is the
+//! separate `bench/` package (docs/performance.md).
+
+use std::time::{Duration, Instant};
+
+use probeset::counter::{Counter, Flavour};
+use probeset::{LinkKind, Probe, ProbeSet, Uprobe};
+
+/// `N` distinct functions of this executable (monomorphised from one generic).
+#[inline(never)]
+fn numbered<const N: u64>(x: u64) -> u64 {
+    std::hint::black_box(x).wrapping_mul(N + 3) ^ N
+}
+
+macro_rules! numbered_table {
+    () => {
+        numbered_table!(@a [0 1 2 3 4 5 6 7 8 9])
+    };
+    (@a [$($a:literal)*]) => {
+        [$( numbered_table!(@b $a [0 1 2 3 4 5 6 7 8 9]) ),*]
+    };
+    (@b $a:literal [$($b:literal)*]) => {
+        [$( numbered_table!(@c $a $b [0 1 2 3 4 5 6 7 8 9]) ),*]
+    };
+    (@c $a:literal $b:literal [$($c:literal)*]) => {
+        [$( numbered::<{ $a * 100 + $b * 10 + $c }> as fn(u64) -> u64 ),*]
+    };
+}
+
+/// One of the numbered functions.
+type Numbered = fn(u64) -> u64;
+
+/// 1000 distinct functions, `functions()[i]` being `numbered::<i>`.
+fn functions() -> Vec<Numbered> {
+    let table: [[[Numbered; 10]; 10]; 10] = numbered_table!();
+    table.into_iter().flatten().flatten().collect()
+}
+
+/// The file offset in this executable of the code at `address` (from `/proc/self/maps`).
+fn file_offset_of(address: usize) -> u64 {
+    let address = address as u64;
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
+    for line in maps.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (lo, hi) = f[0].split_once('-').expect("maps range");
+        let lo = u64::from_str_radix(lo, 16).expect("hex");
+        let hi = u64::from_str_radix(hi, 16).expect("hex");
+        if (lo..hi).contains(&address) {
+            return address - lo + u64::from_str_radix(f[2], 16).expect("hex");
+        }
+    }
+    panic!("{address:#x} is not mapped");
+}
+
+/// One uprobe per function `0..n`, cookie `i` on `functions()[i]`.
+fn probes(n: usize) -> Vec<Probe> {
+    let exe = std::env::current_exe().expect("current_exe");
+    functions()
+        .into_iter()
+        .take(n)
+        .enumerate()
+        .map(|(i, f)| {
+            Uprobe::at_offset(&exe, file_offset_of(f as usize))
+                .cookie(i as u64)
+                .into()
+        })
+        .collect()
+}
+
+/// One iteration: attach `n` probes as a batch, call each function once and check each
+/// counted exactly once, detach. (attach, detach).
+async fn iteration(counter: &Counter, n: usize, expect: LinkKind) -> (Duration, Duration) {
+    let before = counter.counts().expect("read counters");
+    let batch = probes(n);
+    let t = Instant::now();
+    let mut set = ProbeSet::new(counter).expect("ProbeSet::new");
+    set.attach(batch).await.expect("attach");
+    let attach = t.elapsed();
+    assert_eq!(set.len(), n);
+    let first = set.probes().next().expect("a probe");
+    assert_eq!(set.link_kind(first), Some(expect), "link kind");
+    for (i, f) in functions().into_iter().enumerate() {
+        std::hint::black_box(std::hint::black_box(f)(i as u64));
+    }
+    let after = counter.counts().expect("read counters");
+    for i in 0..functions().len() {
+        let want = u64::from(i < n);
+        assert_eq!(after[i] - before[i], want, "function {i} counted wrongly");
+    }
+    let t = Instant::now();
+    set.detach().await.expect("detach");
+    (attach, t.elapsed())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn summary(name: &str, n: usize, what: &str, mut v: Vec<Duration>) {
+    v.sort();
+    let median = if v.len() % 2 == 1 {
+        ms(v[v.len() / 2])
+    } else {
+        f64::midpoint(ms(v[v.len() / 2 - 1]), ms(v[v.len() / 2]))
+    };
+    println!(
+        "probe_set/{name} n={n} {what}: median {median:.2} ms, min {:.2} ms, max {:.2} ms ({} iterations)",
+        ms(v[0]),
+        ms(v[v.len() - 1]),
+        v.len()
+    );
+}
+
+fn bench(name: &str, flavour: Flavour, n: usize, iterations: usize, expect: LinkKind) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let counter = Counter::load(flavour, 1000).expect("load the counter program");
+    let (mut attach, mut detach, mut total) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..iterations {
+        let (a, d) = rt.block_on(iteration(&counter, n, expect));
+        attach.push(a);
+        detach.push(d);
+        total.push(a + d);
+    }
+    summary(name, n, "attach", attach);
+    summary(name, n, "detach", detach);
+    summary(name, n, "attach+detach", total);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let benching = args.iter().any(|a| a == "--bench");
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    let wanted =
+        |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));
+    if !nix::unistd::geteuid().is_root() {
+        println!("probe_set bench skipped: needs root to load and attach BPF programs");
+        return;
+    }
+    let per_probe_n = std::env::var("PROBESET_BENCH_PER_PROBE_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100)
+        .min(1000);
+    let (multi_iters, per_probe_iters, per_probe_n) = if benching {
+        (7, 3, per_probe_n)
+    } else {
+        (1, 1, 10)
+    };
+    if wanted("multi") {
+        bench(
+            "multi",
+            Flavour::UprobeMulti,
+            1000,
+            multi_iters,
+            LinkKind::UprobeMulti,
+        );
+    }
+    if wanted("per_probe") {
+        bench(
+            "per_probe",
+            Flavour::Plain,
+            per_probe_n,
+            per_probe_iters,
+            LinkKind::PerfLink,
+        );
+    }
+}
