@@ -76,3 +76,21 @@ pub use link::{Link, LinkKind};
 pub use probe::{Backend, Probe};
 pub use probe_set::{Change, Outcome, ProbeSet, Progress};
 pub use uprobe::Uprobe;
+
+#[cfg(test)]
+mod contract {
+    //! The auto traits API.md promises.
+    fn send_sync_static<T: Send + Sync + 'static>() {}
+    fn send_static<T: Send + 'static>() {}
+    fn clone_eq_hash_debug<T: Clone + Eq + std::hash::Hash + std::fmt::Debug>() {}
+
+    #[test]
+    fn auto_traits() {
+        send_sync_static::<crate::Link>();
+        send_static::<crate::ProbeSet>();
+        send_sync_static::<crate::Error>();
+        clone_eq_hash_debug::<crate::Probe>();
+        clone_eq_hash_debug::<crate::Kprobe>();
+        clone_eq_hash_debug::<crate::Uprobe>();
+    }
+}
