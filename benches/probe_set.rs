@@ -29,51 +29,11 @@ use futures::StreamExt;
 use probeset::counter::{Counter, Flavour};
 use probeset::{Change, LinkKind, Probe, ProbeSet, Uprobe};
 
-/// `N` distinct functions of this executable (monomorphised from one generic).
-#[inline(never)]
-fn numbered<const N: u64>(x: u64) -> u64 {
-    std::hint::black_box(x).wrapping_mul(N + 3) ^ N
-}
+// The numbered target functions and the address -> file offset lookup are the tests'.
+#[path = "../tests/common/mod.rs"]
+mod common;
 
-macro_rules! numbered_table {
-    () => {
-        numbered_table!(@a [0 1 2 3 4 5 6 7 8 9])
-    };
-    (@a [$($a:literal)*]) => {
-        [$( numbered_table!(@b $a [0 1 2 3 4 5 6 7 8 9]) ),*]
-    };
-    (@b $a:literal [$($b:literal)*]) => {
-        [$( numbered_table!(@c $a $b [0 1 2 3 4 5 6 7 8 9]) ),*]
-    };
-    (@c $a:literal $b:literal [$($c:literal)*]) => {
-        [$( numbered::<{ $a * 100 + $b * 10 + $c }> as fn(u64) -> u64 ),*]
-    };
-}
-
-/// One of the numbered functions.
-type Numbered = fn(u64) -> u64;
-
-/// 1000 distinct functions, `functions()[i]` being `numbered::<i>`.
-fn functions() -> Vec<Numbered> {
-    let table: [[[Numbered; 10]; 10]; 10] = numbered_table!();
-    table.into_iter().flatten().flatten().collect()
-}
-
-/// The file offset in this executable of the code at `address` (from `/proc/self/maps`).
-fn file_offset_of(address: usize) -> u64 {
-    let address = address as u64;
-    let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
-    for line in maps.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let (lo, hi) = f[0].split_once('-').expect("maps range");
-        let lo = u64::from_str_radix(lo, 16).expect("hex");
-        let hi = u64::from_str_radix(hi, 16).expect("hex");
-        if (lo..hi).contains(&address) {
-            return address - lo + u64::from_str_radix(f[2], 16).expect("hex");
-        }
-    }
-    panic!("{address:#x} is not mapped");
-}
+use common::{file_offset_of_address as file_offset_of, functions};
 
 /// One uprobe per function `0..n`, cookie `i` on `functions()[i]`.
 fn probes(n: usize) -> Vec<Probe> {
