@@ -1128,12 +1128,15 @@ fn split<T>(items: Vec<T>, n: usize) -> Vec<Vec<T>> {
 }
 
 /// Resolves each probe for a multi link of a `kind` program; the failures are named.
-fn resolve_members(kind: ProgramKind, probes: Vec<Probe>) -> (Vec<(MultiKey, Member)>, Failures) {
-    let mut resolver = Resolver::default();
+fn resolve_members(
+    kind: ProgramKind,
+    probes: Vec<Probe>,
+    resolver: &mut Resolver,
+) -> (Vec<(MultiKey, Member)>, Failures) {
     let mut ok = Vec::with_capacity(probes.len());
     let mut bad = Vec::new();
     for probe in probes {
-        match resolve_member(kind, &probe, &mut resolver) {
+        match resolve_member(kind, &probe, resolver) {
             Ok(m) => ok.push(m),
             Err(e) => bad.push((probe, e)),
         }
@@ -1175,7 +1178,8 @@ fn resolve_member(
                     "kprobe multi links take neither an offset nor maxactive; use a plain kprobe program",
                 ));
             }
-            let symbol = kernel_symbol(k, resolver.kallsyms())?;
+            // As given; checked against /proc/kallsyms only if the kernel rejects the link.
+            let symbol = k.symbol().to_string();
             Ok((
                 MultiKey::Kprobe {
                     ret: k.is_retprobe(),
@@ -1279,12 +1283,27 @@ fn create_multi(prog: &OwnedFd, key: &MultiKey, members: &[Member]) -> Result<At
 
 /// Creates a group's multi link; when the kernel rejects it (one bad probe fails the
 /// whole link), bisects to find the probes at fault, attaching the rest.
+/// How far a group's kernel symbols have been checked (kprobe groups only).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Symbols {
+    /// As the caller wrote them: the kernel is asked first, `/proc/kallsyms` (~120k lines,
+    /// 50-800 ms to read) only when it says no.
+    AsGiven,
+    /// Checked against `/proc/kallsyms`, syscall prefix added where needed.
+    Checked,
+}
+
+/// Creates a group's multi link; when the kernel rejects it (one bad probe fails the
+/// whole link), checks kprobe symbols against `/proc/kallsyms` once, then bisects to find
+/// the probes at fault, attaching the rest.
 fn create_bisect(
     prog: &OwnedFd,
     key: &MultiKey,
     members: Vec<Member>,
     built: &mut Built,
     progress: &watch::Sender<Progress>,
+    resolver: &mut Resolver,
+    symbols: Symbols,
 ) {
     // Everything the success path keeps is allocated first: once the link exists, every
     // allocation of this process may hit its own probes (when they are on libc).
@@ -1308,6 +1327,35 @@ fn create_bisect(
                 entries,
             });
         }
+        Err(_) if matches!(key, MultiKey::Kprobe { .. }) && symbols == Symbols::AsGiven => {
+            let mut checked = Vec::with_capacity(members.len());
+            for mut m in members {
+                let Probe::Kprobe(k) = &m.probe else {
+                    unreachable!("a kprobe group holds kprobes")
+                };
+                match kernel_symbol(k, resolver.kallsyms()) {
+                    Ok(symbol) => {
+                        m.symbol = symbol;
+                        checked.push(m);
+                    }
+                    Err(e) => {
+                        progress.send_modify(|p| p.failed += 1);
+                        built.failed.push((m.probe, e));
+                    }
+                }
+            }
+            if !checked.is_empty() {
+                create_bisect(
+                    prog,
+                    key,
+                    checked,
+                    built,
+                    progress,
+                    resolver,
+                    Symbols::Checked,
+                );
+            }
+        }
         Err(e) if members.len() == 1 => {
             progress.send_modify(|p| p.failed += 1);
             let m = members.into_iter().next().expect("one");
@@ -1316,8 +1364,8 @@ fn create_bisect(
         Err(_) => {
             let mut members = members;
             let right = members.split_off(members.len() / 2);
-            create_bisect(prog, key, members, built, progress);
-            create_bisect(prog, key, right, built, progress);
+            create_bisect(prog, key, members, built, progress, resolver, symbols);
+            create_bisect(prog, key, right, built, progress, resolver, symbols);
         }
     }
 }
@@ -1329,7 +1377,8 @@ fn build_multis(
     probes: Vec<Probe>,
     progress: &watch::Sender<Progress>,
 ) -> Built {
-    let (members, failed) = resolve_members(kind, probes);
+    let mut resolver = Resolver::default();
+    let (members, failed) = resolve_members(kind, probes, &mut resolver);
     let mut built = Built {
         failed,
         ..Built::default()
@@ -1359,7 +1408,15 @@ fn build_multis(
     // parallel threads was measured slower (2152 libc uprobes: 0.33 s in one link, 0.38-0.58 s
     // in two created in parallel), the kernel serialising the registrations.
     for g in groups {
-        create_bisect(prog, &g.key, g.members, &mut built, progress);
+        create_bisect(
+            prog,
+            &g.key,
+            g.members,
+            &mut built,
+            progress,
+            &mut resolver,
+            Symbols::AsGiven,
+        );
     }
     built
 }

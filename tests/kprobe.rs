@@ -492,3 +492,53 @@ fn kretprobe_never_fires_on_a_function_that_does_not_return() {
         }
     });
 }
+
+/// A `kprobe_multi` batch names its bad symbol and attaches nothing; `sys_*` names get the
+/// syscall prefix inside a multi link too.
+#[test]
+fn kprobe_multi_batches_name_bad_symbols_and_add_the_prefix() {
+    if !kprobes_here("kprobe_multi_batches_name_bad_symbols_and_add_the_prefix") {
+        return;
+    }
+    runtime().block_on(async {
+        let counter = Counter::load(Flavour::KprobeMulti, 16).unwrap();
+        let mut set = ProbeSet::new(&counter).unwrap();
+        let bad = set
+            .attach([
+                Kprobe::new("sys_getpid").cookie(1),
+                Kprobe::new("probeset_no_such_function").cookie(2),
+                Kprobe::new("__x64_sys_getppid").cookie(3),
+            ])
+            .await
+            .unwrap_err();
+        if set.program_kind() != Some(probeset::ProgramKind::KprobeMulti) {
+            // No kprobe_multi in this kernel (6.1): the whole batch is not supported.
+            assert!(bad.is_not_supported(), "{bad}");
+            return;
+        }
+        assert!(bad.is_not_found(), "{bad}");
+        assert!(
+            bad.to_string().contains("probeset_no_such_function"),
+            "{bad}"
+        );
+        assert!(set.is_empty(), "nothing of the failed batch is held");
+        getpid_n(N);
+        assert_eq!(counter.get(1).unwrap(), 0, "no hits from the failed batch");
+
+        set.attach([
+            Kprobe::new("sys_getpid").cookie(1),
+            Kprobe::new("__x64_sys_getppid").cookie(3),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(set.link_count(), 1);
+        getpid_n(N);
+        getppid_n(N);
+        assert!(
+            counter.get(1).unwrap() >= N,
+            "sys_getpid became __x64_sys_getpid"
+        );
+        assert!(counter.get(3).unwrap() >= N);
+        set.detach().await.unwrap();
+    });
+}
