@@ -20,9 +20,13 @@ pub enum LinkKind {
     KprobeMulti,
 }
 
-/// The kernel objects behind one attachment, released in order when dropped: the BPF link,
-/// then the perf event, then the tracefs event (which cannot be removed while a perf event
-/// on it is open).
+/// The kernel objects behind one attachment, released in order: the BPF link, then the perf
+/// event, then the tracefs event (which cannot be removed while a perf event on it is open).
+///
+/// [`Attached::release`] releases them here and now (blocking). Dropping an `Attached` that
+/// was not released hands them to the background thread instead, so a drop never blocks
+/// the caller: an `Attached` may sit in an async state machine (a batch being rolled back,
+/// a removal awaiting a rebuild) that a cancellation drops on a runtime worker.
 #[derive(Debug)]
 pub(crate) struct Attached {
     pub link: Option<OwnedFd>,
@@ -118,10 +122,24 @@ impl Link {
     }
 }
 
+impl Drop for Attached {
+    fn drop(&mut self) {
+        // A tuple drops its fields first to last: link, perf event, tracefs event.
+        let parts = (self.link.take(), self.perf.take(), self.event.take());
+        if parts.0.is_some() || parts.1.is_some() || parts.2.is_some() {
+            cleanup::defer(parts);
+        }
+    }
+}
+
 impl Drop for Link {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {
-            cleanup::defer(inner);
+            cleanup::defer_with(move || {
+                if let Err(e) = inner.release() {
+                    tracing::warn!(error = %e, "releasing a dropped link");
+                }
+            });
         }
     }
 }
