@@ -95,6 +95,21 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// The process (`EMFILE`) or the system (`ENFILE`) ran out of file descriptors. Each
+    /// per-probe link holds one; a multi link holds one for its whole batch.
+    #[error("{call} failed for {target}: out of file descriptors; {hint}")]
+    OutOfFileDescriptors {
+        /// The syscall.
+        call: &'static str,
+        /// What it was for.
+        target: String,
+        /// Which limit was hit, and what to do.
+        hint: String,
+        /// The errno.
+        #[source]
+        source: io::Error,
+    },
+
     /// The tokio runtime shut down while the operation ran on its blocking pool.
     #[error("the tokio runtime is shutting down; the operation was abandoned and cleaned up")]
     RuntimeShutdown,
@@ -169,9 +184,15 @@ fn list_failures(failures: &[(crate::Probe, Error)]) -> String {
     use std::fmt::Write as _;
     const SHOWN: usize = 5;
     let mut s = String::new();
-    // Each error names its probe already.
+    // Each error names its probe already; its causes (the errno) follow it, as nothing else
+    // carries them out of the list.
     for (i, (_, e)) in failures.iter().take(SHOWN).enumerate() {
         let _ = write!(s, "{}{e}", if i == 0 { ": " } else { "; " });
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            let _ = write!(s, " ({c})");
+            cause = c.source();
+        }
     }
     if failures.len() > SHOWN {
         let _ = write!(s, "; and {} more", failures.len() - SHOWN);
@@ -240,7 +261,8 @@ impl Error {
         match self {
             Error::NotBpfProgram { source, .. }
             | Error::PermissionDenied { source, .. }
-            | Error::Syscall { source, .. } => source.raw_os_error(),
+            | Error::Syscall { source, .. }
+            | Error::OutOfFileDescriptors { source, .. } => source.raw_os_error(),
             Error::NotFound { source, .. } | Error::NotSupported { source, .. } => {
                 source.as_ref().and_then(io::Error::raw_os_error)
             }
@@ -285,8 +307,8 @@ impl Error {
         }
     }
 
-    /// A syscall failure: `EPERM`/`EACCES` become [`Error::PermissionDenied`], anything
-    /// else [`Error::Syscall`].
+    /// A syscall failure: `EPERM`/`EACCES` become [`Error::PermissionDenied`],
+    /// `EMFILE`/`ENFILE` [`Error::OutOfFileDescriptors`], anything else [`Error::Syscall`].
     pub(crate) fn syscall(
         call: &'static str,
         target: impl Into<String>,
@@ -297,6 +319,29 @@ impl Error {
             Some(libc::EPERM | libc::EACCES) => Error::PermissionDenied {
                 call,
                 target,
+                source,
+            },
+            Some(libc::EMFILE) => {
+                let limit =
+                    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                        .map_or_else(|_| "its".to_owned(), |(soft, _)| soft.to_string());
+                Error::OutOfFileDescriptors {
+                    call,
+                    target,
+                    hint: format!(
+                        "the process is at its limit of {limit} (RLIMIT_NOFILE) and each \
+                         per-probe link holds a descriptor: raise the soft limit (`ulimit -n`, \
+                         setrlimit) or use a multi-link program (one descriptor per batch)"
+                    ),
+                    source,
+                }
+            }
+            Some(libc::ENFILE) => Error::OutOfFileDescriptors {
+                call,
+                target,
+                hint: "the system's file table is full (sysctl fs.file-max): close descriptors \
+                       or raise fs.file-max"
+                    .to_owned(),
                 source,
             },
             _ => Error::Syscall {
@@ -367,6 +412,45 @@ mod tests {
         );
         assert!(!e.is_permission_denied());
         assert!(matches!(e, Error::Syscall { .. }));
+    }
+
+    #[test]
+    fn syscall_maps_descriptor_exhaustion() {
+        let e = Error::syscall(
+            "perf_event_open",
+            "uprobe /bin/true:0x10",
+            io::Error::from_raw_os_error(libc::EMFILE),
+        );
+        assert!(matches!(e, Error::OutOfFileDescriptors { .. }), "{e:?}");
+        assert_eq!(e.raw_os_error(), Some(libc::EMFILE));
+        let msg = e.to_string();
+        assert!(msg.starts_with("perf_event_open failed for uprobe /bin/true:0x10: out of file descriptors; the process is at its limit of "), "{msg}");
+        assert!(msg.contains("ulimit -n"), "{msg}");
+        let e = Error::syscall("bpf", "x", io::Error::from_raw_os_error(libc::ENFILE));
+        assert!(e.to_string().contains("fs.file-max"), "{e}");
+    }
+
+    #[test]
+    fn batch_failures_carry_their_causes() {
+        let e = Error::probes(
+            3,
+            vec![(
+                crate::Kprobe::new("vfs_read").into(),
+                Error::syscall(
+                    "perf_event_open",
+                    "kprobe \"vfs_read\"",
+                    io::Error::from_raw_os_error(libc::EBUSY),
+                ),
+            )],
+        )
+        .unwrap();
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(
+                "1 of 3 probes failed: perf_event_open failed for kprobe \"vfs_read\" ("
+            ) && msg.contains("os error 16"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -265,9 +265,12 @@ pub(crate) fn attach(
 ) -> Result<crate::link::Attached, Error> {
     let ev = open(spec, backend)?;
     let (link, kind) = attach_program(prog.as_fd(), ev.fd.as_fd(), cookie, spec.display)?;
+    // A BPF perf link holds the perf event itself (and releases it when it is closed): keep
+    // one descriptor per probe, not two. Under the ioctl path the event fd is the attachment.
+    let perf = if link.is_some() { None } else { Some(ev.fd) };
     Ok(crate::link::Attached {
         link,
-        perf: Some(ev.fd),
+        perf,
         tracefs_event_name: ev.event.as_ref().map(ProbeEvent::qualified_name),
         event: ev.event,
         kind,

@@ -15,12 +15,13 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use common::{
-    can_run, dead_pid, exe, fd_count, has_kprobe_pmu, our_events, pid_is_dead, runtime, symbol_of,
-    tracefs,
+    can_run, dead_pid, exe, fd_count, file_offset_of_address, functions, has_kprobe_pmu,
+    our_events, pid_is_dead, runtime, symbol_of, tracefs,
 };
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use probeset::cleanup::wait_idle;
 use probeset::counter::{Counter, Flavour};
-use probeset::{Backend, Error, Kprobe, Link, Uprobe};
+use probeset::{Backend, Error, Kprobe, Link, Probe, ProbeSet, Uprobe};
 
 const BACKENDS: [Backend; 3] = [Backend::Auto, Backend::Pmu, Backend::Tracefs];
 
@@ -168,6 +169,10 @@ fn failed_and_cancelled_attaches_leave_nothing_behind() {
         let t = Instant::now();
         cycles(&counter, &base).await;
         eprintln!("errors: 60 attach cycles took {:?}", t.elapsed());
+
+        let t = Instant::now();
+        descriptors(&base).await;
+        eprintln!("errors: descriptor checks took {:?}", t.elapsed());
 
         let t = Instant::now();
         let counter = Arc::new(counter);
@@ -491,6 +496,93 @@ async fn cycles(counter: &Counter, base: &Baseline) {
         "one hit per cycle, none after drop"
     );
     assert_eq!(counter.counts().unwrap().iter().sum::<u64>(), 60);
+}
+
+/// Per-probe uprobes (PMU) on `functions()[range]`, cookie = index.
+fn numbered_probes(range: std::ops::Range<usize>) -> Vec<Probe> {
+    let fs = functions();
+    range
+        .map(|i| {
+            Uprobe::at_offset(exe(), file_offset_of_address(fs[i] as usize))
+                .cookie(i as u64)
+                .backend(Backend::Pmu)
+                .into()
+        })
+        .collect()
+}
+
+/// A perf link holds one descriptor per probe (the perf event is the link's), on both
+/// backends and in a `ProbeSet`'s per-probe batch; a batch that runs into `RLIMIT_NOFILE`
+/// fails with `OutOfFileDescriptors` naming the limit and what to do, and leaves nothing.
+async fn descriptors(base: &Baseline) {
+    let counter = Counter::load(Flavour::Plain, 64).unwrap();
+    let fs = functions();
+    let offset = file_offset_of_address(fs[0] as usize);
+    for backend in [Backend::Pmu, Backend::Tracefs] {
+        let before = fd_count();
+        let link = Uprobe::at_offset(exe(), offset)
+            .backend(backend)
+            .attach(&counter)
+            .await
+            .unwrap();
+        assert_eq!(
+            fd_count(),
+            before + 1,
+            "{backend:?}: one descriptor for one probe"
+        );
+        link.detach().await.unwrap();
+        assert_eq!(fd_count(), before, "{backend:?}: released");
+    }
+
+    let before = fd_count();
+    let mut set = ProbeSet::new(&counter).unwrap();
+    let empty = fd_count();
+    set.attach(numbered_probes(0..40)).await.unwrap();
+    assert_eq!(
+        fd_count() - empty,
+        40,
+        "one descriptor per probe of the set"
+    );
+    for f in &fs[..40] {
+        black_box(black_box(*f)(1));
+    }
+    let counts = counter.counts().unwrap();
+    assert_eq!(&counts[..40], &[1; 40][..], "each probe counted its call");
+    set.detach().await.unwrap();
+    assert_eq!(fd_count(), before, "the set released every descriptor");
+
+    // Room for 10 to 20 more descriptors (fewer than 20 are open above the new limit: the
+    // lowest free numbers below it are used first), then a batch of 40 per-probe links.
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, fd_count() as u64 + 10, hard).unwrap();
+    let mut set = ProbeSet::new(&counter).unwrap();
+    let result = set.attach(numbered_probes(0..40)).await;
+    setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
+    let err = result.expect_err("40 links cannot fit in 10 descriptors");
+    assert_eq!(err.raw_os_error(), Some(libc::EMFILE), "{err}");
+    let Error::Probes { total, failures } = &err else {
+        panic!("expected the batch's failures, got {err:?}");
+    };
+    assert_eq!(*total, 40);
+    assert!(
+        failures
+            .iter()
+            .all(|(_, e)| matches!(e, Error::OutOfFileDescriptors { .. })),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    for needle in [
+        "out of file descriptors",
+        "RLIMIT_NOFILE",
+        "ulimit -n",
+        "os error 24",
+    ] {
+        assert!(msg.contains(needle), "message lacks {needle:?}: {msg}");
+    }
+    assert!(set.is_empty(), "the failed batch was rolled back");
+    drop(set);
+    drop(counter);
+    base.assert_clean("after running out of descriptors").await;
 }
 
 /// Tallies how the attaches that were meant to be cancelled ended.
