@@ -1,7 +1,16 @@
-//! Side-by-side uprobe attach/detach benchmark: probeset (multi link, per-probe set, naive
-//! loop of links), the raw-syscall floor (`probeset::raw`), libbpf-rs, aya and bpftrace.
+//! Side-by-side attach/detach benchmark: probeset (multi link, per-probe set, naive loop of
+//! links), the raw-syscall floor (`probeset::raw`), libbpf-rs, aya and bpftrace.
 //!
-//! `cargo run --release --manifest-path bench/Cargo.toml -- [--quick]`
+//! `cargo xtask bench [--quick]` runs both parts: uprobes on the host, then kprobes in the
+//! 6.12 VM (this host has no kprobes). By hand:
+//!
+//! - `probeset-bench [--quick] [--only SUBSTR]`: uprobes, here;
+//! - `probeset-bench --setup`: builds the fixtures only;
+//! - `probeset-bench --kprobes [--quick] [--only SUBSTR]`: kprobes, on a kernel that has them
+//!   (in the VM; the fixtures must have been built on the host), printing one `OUTCOME` line
+//!   per configuration;
+//! - `probeset-bench --kprobe-results CONSOLE_LOG`: reads those lines back on the host and
+//!   writes the kprobe results.
 //!
 //! The driver builds its fixtures (a C target with 1000 distinct functions, the peers' BPF
 //! object), then runs every configuration in a child process of its own (the same binary with
@@ -9,6 +18,7 @@
 //! verified: the target calls each of its functions once, so every probed slot must read 1
 //! after attach, and nothing may count after detach. Results go to `target/bench/`.
 
+mod churn;
 mod peers;
 mod plot;
 
@@ -23,6 +33,32 @@ use std::time::{Duration, Instant};
 pub const TARGET_FUNCTIONS: usize = 1000;
 /// Slots of every counter map (libc has fewer eligible functions than this).
 pub const SLOTS: u32 = 8192;
+/// `getpid` calls a kprobe run makes, and must see counted.
+pub const GETPIDS: u64 = 10;
+
+/// What is probed: functions of user binaries (on the host) or of the kernel (in the VM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    Uprobe,
+    Kprobe,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Uprobe => "uprobe",
+            Kind::Kprobe => "kprobe",
+        }
+    }
+
+    fn parse(s: &str) -> Kind {
+        match s {
+            "uprobe" => Kind::Uprobe,
+            "kprobe" => Kind::Kprobe,
+            _ => panic!("kind {s}"),
+        }
+    }
+}
 
 /// One system under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -36,10 +72,14 @@ pub enum Config {
     LibbpfPerProbe,
     AyaPerProbe,
     Bpftrace,
+    ProbesetChurn,
+    ProbesetChurnPaced,
+    LibbpfChurnPerProbe,
+    LibbpfChurnMulti,
 }
 
 impl Config {
-    const ALL: [Config; 9] = [
+    const ALL: [Config; 13] = [
         Config::ProbesetMulti,
         Config::RawMulti,
         Config::LibbpfMulti,
@@ -49,6 +89,10 @@ impl Config {
         Config::LibbpfPerProbe,
         Config::AyaPerProbe,
         Config::Bpftrace,
+        Config::ProbesetChurn,
+        Config::ProbesetChurnPaced,
+        Config::LibbpfChurnPerProbe,
+        Config::LibbpfChurnMulti,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +106,35 @@ impl Config {
             Config::LibbpfPerProbe => "libbpf-rs",
             Config::AyaPerProbe => "aya",
             Config::Bpftrace => "bpftrace",
+            Config::ProbesetChurn => "probeset-churn",
+            Config::ProbesetChurnPaced => "probeset-churn-paced",
+            Config::LibbpfChurnPerProbe => "libbpf-rs-churn",
+            Config::LibbpfChurnMulti => "libbpf-rs-churn-multi",
+        }
+    }
+
+    /// A churn configuration (`churn.rs`): times converging a stream of changes.
+    pub fn is_churn(self) -> bool {
+        matches!(
+            self,
+            Config::ProbesetChurn
+                | Config::ProbesetChurnPaced
+                | Config::LibbpfChurnPerProbe
+                | Config::LibbpfChurnMulti
+        )
+    }
+
+    /// The systems a configuration's ratios are taken against.
+    fn peers(self) -> &'static [Config] {
+        if self.is_churn() {
+            &[Config::LibbpfChurnPerProbe, Config::LibbpfChurnMulti]
+        } else {
+            &[
+                Config::LibbpfMulti,
+                Config::LibbpfPerProbe,
+                Config::AyaPerProbe,
+                Config::Bpftrace,
+            ]
         }
     }
 
@@ -77,12 +150,14 @@ impl Config {
         )
     }
 
-    /// The raw baseline of the same kind of link.
-    fn baseline(self) -> Config {
-        if self.is_multi() {
-            Config::RawMulti
+    /// The raw baseline of the same kind of link (none for churn).
+    fn baseline(self) -> Option<Config> {
+        if self.is_churn() {
+            None
+        } else if self.is_multi() {
+            Some(Config::RawMulti)
         } else {
-            Config::RawPerf
+            Some(Config::RawPerf)
         }
     }
 }
@@ -90,7 +165,8 @@ impl Config {
 /// How many probes, and where.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Size {
-    /// The first N functions of the generated target.
+    /// The first N functions of the generated target (uprobes) or of the chosen kernel
+    /// functions (kprobes).
     Target(usize),
     /// Every eligible function of libc (not an ifunc, non-zero size, distinct offsets).
     Libc,
@@ -122,6 +198,9 @@ pub struct Fixtures {
     pub obj_multi: PathBuf,
     /// The same without the `uprobe.multi` program (aya 0.14 rejects that section).
     pub obj_plain: PathBuf,
+    /// The kprobe flavours of the two (`kprobe` and `kprobe.multi` sections).
+    pub kobj_multi: PathBuf,
+    pub kobj_plain: PathBuf,
     /// The system libc, canonical path.
     pub libc: PathBuf,
 }
@@ -137,8 +216,25 @@ pub struct Run {
     pub probes: usize,
 }
 
+impl Fixtures {
+    /// The peers' object for a kind of probe, with or without its multi program.
+    pub fn object(&self, kind: Kind, multi: bool) -> &Path {
+        match (kind, multi) {
+            (Kind::Uprobe, true) => &self.obj_multi,
+            (Kind::Uprobe, false) => &self.obj_plain,
+            (Kind::Kprobe, true) => &self.kobj_multi,
+            (Kind::Kprobe, false) => &self.kobj_plain,
+        }
+    }
+}
+
+/// `target/bench` of the workspace (no `..` in it: the VM has only the directories of the
+/// files it was given).
 fn out_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bench/ has a parent")
+        .join("target/bench")
 }
 
 fn run_cmd(cmd: &mut Command) {
@@ -177,9 +273,13 @@ fn setup() -> Fixtures {
             .arg(&src),
     );
     let bpf_src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/count.bpf.c");
-    let obj_multi = dir.join("count_multi.bpf.o");
-    let obj_plain = dir.join("count_plain.bpf.o");
-    for (obj, extra) in [(&obj_multi, Some("-DWITH_MULTI")), (&obj_plain, None)] {
+    let fx = setup_paths();
+    for (obj, defines) in [
+        (&fx.obj_multi, &["-DWITH_MULTI"][..]),
+        (&fx.obj_plain, &[][..]),
+        (&fx.kobj_multi, &["-DWITH_MULTI", "-DKPROBE"][..]),
+        (&fx.kobj_plain, &["-DKPROBE"][..]),
+    ] {
         let mut cmd = Command::new("clang");
         cmd.args([
             "-O2",
@@ -191,23 +291,31 @@ fn setup() -> Fixtures {
         ])
         .arg(&bpf_src)
         .arg("-o")
-        .arg(obj);
-        if let Some(e) = extra {
-            cmd.arg(e);
-        }
+        .arg(obj)
+        .args(defines);
         run_cmd(&mut cmd);
     }
-    let libc = std::fs::canonicalize("/lib/x86_64-linux-gnu/libc.so.6").unwrap();
-    Fixtures {
-        target,
-        obj_multi,
-        obj_plain,
-        libc,
-    }
+    assert_eq!(fx.target, target);
+    fx
 }
 
-/// The probe points of a size: (binary, symbol if any, file offset).
-pub fn points(fx: &Fixtures, size: Size) -> (PathBuf, Vec<(Option<String>, u64)>) {
+/// The probe points of a size: (binary, symbol if any, file offset); for kprobes the binary
+/// is empty and every point a symbol.
+pub fn points(fx: &Fixtures, kind: Kind, size: Size) -> (PathBuf, Vec<(Option<String>, u64)>) {
+    if kind == Kind::Kprobe {
+        let Size::Target(n) = size else {
+            panic!("kprobe sizes are counts")
+        };
+        let text = std::fs::read_to_string(out_dir().join("kprobe_symbols.txt"))
+            .expect("kprobe symbols (written by the parent's setup)");
+        let pts: Vec<_> = text
+            .lines()
+            .take(n)
+            .map(|l| (Some(l.to_owned()), 0))
+            .collect();
+        assert_eq!(pts.len(), n, "only {} kernel functions chosen", pts.len());
+        return (PathBuf::new(), pts);
+    }
     match size {
         Size::Target(n) => {
             let syms = probeset::elf::ElfSymbols::load(&fx.target).unwrap();
@@ -271,14 +379,67 @@ fn libc_setup(fx: &Fixtures) -> (usize, Vec<u64>) {
     (offs.len(), bad)
 }
 
-/// Runs the target once (each `f_i` called once), or for libc a small workload.
-pub fn exercise(fx: &Fixtures) {
-    run_cmd(&mut Command::new(&fx.target));
+/// Globs of kernel functions for the kprobe runs, in order of preference: syscall entry points
+/// (`__x64_sys_getpid` is the one each run checks), the 32-bit ones (a 64-bit guest never calls
+/// them), then sysfs `show` functions. Few are called at all while a run is timed.
+const KPROBE_GLOBS: [&str; 4] = [
+    "__x64_sys_*",
+    "__ia32_sys_*",
+    "__ia32_compat_sys_*",
+    "*_show",
+];
+
+/// Chooses the kernel functions of the kprobe runs: `__x64_sys_getpid` first, then up to
+/// [`TARGET_FUNCTIONS`] in all from [`KPROBE_GLOBS`], found by `probeset::discovery` (traceable,
+/// not blacklisted, unique names, not in a module). Written to `kprobe_symbols.txt`.
+fn kprobe_setup() -> usize {
+    let mut names = vec!["__x64_sys_getpid".to_owned()];
+    let mut seen: std::collections::HashSet<String> = names.iter().cloned().collect();
+    for glob in KPROBE_GLOBS {
+        if names.len() >= TARGET_FUNCTIONS {
+            break;
+        }
+        let found = probeset::discovery::kernel_functions(glob).expect("kernel functions");
+        for f in found.functions {
+            if f.module.is_none() && seen.insert(f.name.clone()) {
+                names.push(f.name);
+            }
+        }
+    }
+    names.truncate(TARGET_FUNCTIONS);
+    let text: String = names.iter().map(|n| format!("{n}\n")).collect();
+    std::fs::create_dir_all(out_dir()).unwrap();
+    std::fs::write(out_dir().join("kprobe_symbols.txt"), text).unwrap();
+    names.len()
+}
+
+/// Uprobes: runs the target once (each `f_i` called once). Kprobes: calls `getpid`
+/// [`GETPIDS`] times.
+pub fn exercise(fx: &Fixtures, kind: Kind) {
+    match kind {
+        Kind::Uprobe => run_cmd(&mut Command::new(&fx.target)),
+        Kind::Kprobe => {
+            for _ in 0..GETPIDS {
+                std::hint::black_box(nix::unistd::getpid());
+            }
+        }
+    }
 }
 
 /// Checks the counts read after the exercise: each probed slot of the target exactly 1; for
-/// libc (counted system-wide, by every process) something counted.
-pub fn verify_attached(size: Size, counts: &[u64], n: usize) -> Result<(), String> {
+/// libc (counted system-wide, by every process) something counted; for kprobes the `getpid`
+/// slot (0) at least [`GETPIDS`] (other processes may call it too).
+pub fn verify_attached(kind: Kind, size: Size, counts: &[u64], n: usize) -> Result<(), String> {
+    if kind == Kind::Kprobe {
+        return if counts[0] >= GETPIDS {
+            Ok(())
+        } else {
+            Err(format!(
+                "the __x64_sys_getpid probe counted {} of {GETPIDS} calls",
+                counts[0]
+            ))
+        };
+    }
     match size {
         Size::Target(_) => {
             let bad: Vec<usize> = (0..n).filter(|&i| counts[i] != 1).collect();
@@ -318,7 +479,7 @@ pub fn verify_detached(before: &[u64], after: &[u64]) -> Result<(), String> {
     }
 }
 
-fn ms(d: Duration) -> f64 {
+pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
@@ -346,13 +507,14 @@ fn vm_hwm_kb(pid: &str) -> u64 {
 /// The child: runs one configuration `runs` times (for multi configurations, `runs` cold and
 /// `runs` warm) and prints one `RUN` line each, then `HWM`.
 fn child(args: &[String]) {
-    let cfg = Config::from_name(&args[0]).expect("config");
-    let size = Size::parse(&args[1]);
-    let runs: usize = args[2].parse().unwrap();
-    let cold_gap = Duration::from_millis(args[3].parse().unwrap());
+    let kind = Kind::parse(&args[0]);
+    let cfg = Config::from_name(&args[1]).expect("config");
+    let size = Size::parse(&args[2]);
+    let runs: usize = args[3].parse().unwrap();
+    let cold_gap = Duration::from_millis(args[4].parse().unwrap());
     let fx = setup_paths();
-    let mut sys = peers::System::new(cfg, &fx);
-    let (binary, pts) = points(&fx, size);
+    let mut sys = peers::System::new(cfg, kind, &fx);
+    let (binary, pts) = points(&fx, kind, size);
     let mut phases = Vec::new();
     for _ in 0..runs {
         if cfg.is_multi() {
@@ -366,7 +528,12 @@ fn child(args: &[String]) {
         if phase == "cold" {
             std::thread::sleep(cold_gap);
         }
-        match sys.run(&fx, size, &binary, &pts) {
+        let run = if cfg.is_churn() {
+            sys.churn(cfg, &fx, &binary, &pts)
+        } else {
+            sys.run(&fx, kind, size, &binary, &pts)
+        };
+        match run {
             Ok((attach, detach)) => println!(
                 "RUN {phase} {:.4} {:.4} {}",
                 ms(attach),
@@ -382,13 +549,15 @@ fn child(args: &[String]) {
     println!("HWM {}", vm_hwm_kb("self"));
 }
 
-/// Paths of fixtures already built by the parent.
+/// Paths of the fixtures (built by [`setup`]).
 fn setup_paths() -> Fixtures {
     let dir = out_dir();
     Fixtures {
         target: dir.join("target"),
         obj_multi: dir.join("count_multi.bpf.o"),
         obj_plain: dir.join("count_plain.bpf.o"),
+        kobj_multi: dir.join("count_kprobe_multi.bpf.o"),
+        kobj_plain: dir.join("count_kprobe_plain.bpf.o"),
         libc: std::fs::canonicalize("/lib/x86_64-linux-gnu/libc.so.6").unwrap(),
     }
 }
@@ -396,6 +565,7 @@ fn setup_paths() -> Fixtures {
 /// One configuration's outcome in the parent.
 #[derive(Clone, Debug)]
 pub struct Outcome {
+    pub kind: Kind,
     pub cfg: Config,
     pub size: Size,
     pub probes: usize,
@@ -421,13 +591,82 @@ impl Outcome {
         let mut t: Vec<f64> = sel.iter().map(|r| ms(r.attach + r.detach)).collect();
         Some((median(&mut a), median(&mut d), median(&mut t)))
     }
+
+    /// One line that carries the whole outcome from the VM to the host:
+    /// `OUTCOME KIND CONFIG SIZE PROBES RSS_KB PHASE:ATTACH:DETACH,...|- [ERROR...]`.
+    pub fn to_line(&self) -> String {
+        let runs: Vec<String> = self
+            .runs
+            .iter()
+            .map(|r| format!("{}:{:.4}:{:.4}", r.phase, ms(r.attach), ms(r.detach)))
+            .collect();
+        let mut line = format!(
+            "OUTCOME {} {} {} {} {} {}",
+            self.kind.name(),
+            self.cfg.name(),
+            self.size.label(),
+            self.probes,
+            self.hwm_kb,
+            if runs.is_empty() {
+                "-".to_owned()
+            } else {
+                runs.join(",")
+            }
+        );
+        if let Some(e) = &self.error {
+            write!(line, " {e}").unwrap();
+        }
+        line
+    }
+
+    /// The inverse of [`Outcome::to_line`], for a line that contains one.
+    pub fn from_line(line: &str) -> Option<Outcome> {
+        let rest = &line[line.find("OUTCOME ")? + "OUTCOME ".len()..];
+        let f: Vec<&str> = rest.trim_end().splitn(7, ' ').collect();
+        if f.len() < 6 {
+            return None;
+        }
+        let probes: usize = f[3].parse().ok()?;
+        let mut runs = Vec::new();
+        if f[5] != "-" {
+            for r in f[5].split(',') {
+                let p: Vec<&str> = r.split(':').collect();
+                let phase = match *p.first()? {
+                    "cold" => "cold",
+                    "warm" => "warm",
+                    _ => "run",
+                };
+                let t = |i: usize| -> Option<Duration> {
+                    Some(Duration::from_secs_f64(
+                        p.get(i)?.parse::<f64>().ok()? / 1e3,
+                    ))
+                };
+                runs.push(Run {
+                    phase,
+                    attach: t(1)?,
+                    detach: t(2)?,
+                    probes,
+                });
+            }
+        }
+        Some(Outcome {
+            kind: Kind::parse(f[0]),
+            cfg: Config::from_name(f[1])?,
+            size: Size::parse(f[2]),
+            probes,
+            runs,
+            hwm_kb: f[4].parse().ok()?,
+            error: f.get(6).map(|e| (*e).to_owned()),
+        })
+    }
 }
 
-fn spawn_child(cfg: Config, size: Size, runs: usize, cold_gap_ms: u64) -> Outcome {
+fn spawn_child(kind: Kind, cfg: Config, size: Size, runs: usize, cold_gap_ms: u64) -> Outcome {
     let exe = std::env::current_exe().unwrap();
     let out = Command::new(exe)
         .args([
             "--child",
+            kind.name(),
             cfg.name(),
             &size.label(),
             &runs.to_string(),
@@ -438,6 +677,7 @@ fn spawn_child(cfg: Config, size: Size, runs: usize, cold_gap_ms: u64) -> Outcom
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let mut o = Outcome {
+        kind,
         cfg,
         size,
         probes: 0,
@@ -473,24 +713,45 @@ fn spawn_child(cfg: Config, size: Size, runs: usize, cold_gap_ms: u64) -> Outcom
     o
 }
 
+/// How long bpftrace may take to start, and to exit.
+const BPFTRACE_LIMIT: Duration = Duration::from_secs(900);
+
 /// bpftrace, whole process: from spawn to its BEGIN probe's output (BEGIN fires after every
-/// probe is attached), then from SIGINT to exit. Verified by its `@c` count.
-fn bpftrace(fx: &Fixtures, size: Size, runs: usize) -> Outcome {
+/// probe is attached), then from SIGINT to exit. Verified by its `@c` count: exactly `n` on
+/// the target, at least [`GETPIDS`] for kprobes.
+fn bpftrace(fx: &Fixtures, kind: Kind, size: Size, runs: usize) -> Outcome {
     let Size::Target(n) = size else {
         unreachable!("bpftrace runs on the target only")
     };
-    // f_0000..f_0999: a glob per power of ten, so the probe list stays short.
-    let glob = match n {
-        10 => "f_000*",
-        100 => "f_00*",
-        1000 => "f_*",
-        _ => panic!("bpftrace sizes are 10, 100, 1000"),
+    let probes = match kind {
+        // f_0000..f_0999: a glob per power of ten, so the probe list stays short.
+        Kind::Uprobe => {
+            let glob = match n {
+                10 => "f_000*",
+                100 => "f_00*",
+                1000 => "f_*",
+                _ => panic!("bpftrace sizes are 10, 100, 1000"),
+            };
+            format!("uprobe:{}:{glob}", fx.target.display())
+        }
+        // The same functions as every other system: a list (a glob would take others).
+        Kind::Kprobe => {
+            let (_, pts) = points(fx, kind, size);
+            let list: Vec<String> = pts
+                .iter()
+                .map(|p| format!("kprobe:{}", p.0.as_deref().unwrap()))
+                .collect();
+            list.join(",\n")
+        }
     };
-    let script = format!(
-        "BEGIN {{ printf(\"ready\\n\"); }} uprobe:{}:{glob} {{ @c = count(); }}",
-        fx.target.display()
-    );
+    let script_path = out_dir().join(format!("bpftrace_{}_{n}.bt", kind.name()));
+    std::fs::write(
+        &script_path,
+        format!("BEGIN {{ printf(\"ready\\n\"); }}\n{probes}\n{{ @c = count(); }}\n"),
+    )
+    .unwrap();
     let mut o = Outcome {
+        kind,
         cfg: Config::Bpftrace,
         size,
         probes: n,
@@ -501,54 +762,113 @@ fn bpftrace(fx: &Fixtures, size: Size, runs: usize) -> Outcome {
     for _ in 0..runs {
         let t0 = Instant::now();
         let mut child = Command::new("bpftrace")
-            .args(["-B", "line", "-e", &script])
+            .args(["-B", "line"])
+            .arg(&script_path)
             // Its default limit is 512 probes (BEGIN counts as one).
             .env("BPFTRACE_MAX_PROBES", "4096")
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(out_dir().join("bpftrace.stderr")).unwrap())
             .spawn()
             .expect("bpftrace (apt-get install bpftrace)");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
+        // Lines come through a thread, so that a bpftrace that hangs is killed after
+        // BPFTRACE_LIMIT instead of stopping the whole benchmark.
+        let (tx, lines) = std::sync::mpsc::channel::<String>();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
         let mut all = String::new();
-        loop {
-            line.clear();
-            if out.read_line(&mut line).unwrap() == 0 {
-                break;
+        let ready = loop {
+            match lines.recv_timeout(BPFTRACE_LIMIT.saturating_sub(t0.elapsed())) {
+                Ok(line) => {
+                    all.push_str(&line);
+                    all.push('\n');
+                    if line.trim() == "ready" {
+                        break true;
+                    }
+                }
+                Err(_) => break false,
             }
-            all.push_str(&line);
-            if line.trim() == "ready" {
-                break;
-            }
-        }
+        };
         let attach = t0.elapsed();
-        if !all.contains("ready") {
-            let err =
-                std::fs::read_to_string(out_dir().join("bpftrace.stderr")).unwrap_or_default();
-            o.error = Some(format!("bpftrace did not start: {all}{err}"));
+        if !ready {
             let _ = child.kill();
             let _ = child.wait();
+            let err =
+                std::fs::read_to_string(out_dir().join("bpftrace.stderr")).unwrap_or_default();
+            o.error = Some(format!(
+                "bpftrace did not start within {} s: {all}{err}",
+                attach.as_secs()
+            ));
             return o;
         }
-        exercise(fx);
+        exercise(fx, kind);
         let pid = child.id();
         o.hwm_kb = o.hwm_kb.max(vm_hwm_kb(&pid.to_string()));
+        // In the VM, bpftrace 0.17 sometimes misses a SIGINT sent right after BEGIN (it sat
+        // there for minutes): let it settle (untimed), and repeat the signal every 5 s.
+        std::thread::sleep(Duration::from_millis(500));
+        let sigint = || {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+                nix::sys::signal::Signal::SIGINT,
+            )
+        };
         let t1 = Instant::now();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
-            nix::sys::signal::Signal::SIGINT,
-        )
-        .unwrap();
+        sigint().unwrap();
         let mut rest = String::new();
-        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        let mut repeats = 0;
+        let exited = loop {
+            match lines.recv_timeout(Duration::from_secs(5)) {
+                Ok(line) => {
+                    rest.push_str(&line);
+                    rest.push('\n');
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break true,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if t1.elapsed() > BPFTRACE_LIMIT {
+                        break false;
+                    }
+                    repeats += 1;
+                    let _ = sigint();
+                }
+            }
+        };
+        if repeats > 0 {
+            eprintln!("    bpftrace n={n}: SIGINT sent {} times", repeats + 1);
+        }
+        if !exited {
+            let _ = child.kill();
+            let _ = child.wait();
+            o.error = Some(format!(
+                "bpftrace did not exit within {} s of SIGINT",
+                BPFTRACE_LIMIT.as_secs()
+            ));
+            return o;
+        }
         child.wait().unwrap();
         let detach = t1.elapsed();
         let count = rest
             .lines()
             .find_map(|l| l.trim().strip_prefix("@c: "))
             .and_then(|v| v.trim().parse::<usize>().ok());
-        if count != Some(n) {
-            o.error = Some(format!("bpftrace counted {count:?}, expected {n}"));
+        let counted = match kind {
+            Kind::Uprobe => count == Some(n),
+            Kind::Kprobe => count.is_some_and(|c| c as u64 >= GETPIDS),
+        };
+        if !counted {
+            o.error = Some(format!(
+                "bpftrace counted {count:?}, expected {}",
+                match kind {
+                    Kind::Uprobe => format!("{n}"),
+                    Kind::Kprobe => format!("at least {GETPIDS}"),
+                }
+            ));
             return o;
         }
         o.runs.push(Run {
@@ -561,7 +881,44 @@ fn bpftrace(fx: &Fixtures, size: Size, runs: usize) -> Outcome {
     o
 }
 
-/// The matrix: (configuration, size, runs).
+/// The kprobe matrix (in the VM, under TCG: per-probe detach is ~50 ms a probe there, so
+/// n = 1000 per probe runs once): (configuration, size, runs). bpftrace when the VM has it.
+fn kprobe_matrix(quick: bool, bpftrace: bool) -> Vec<(Config, Size, usize)> {
+    let multis = [Config::ProbesetMulti, Config::RawMulti, Config::LibbpfMulti];
+    let mut singles = vec![
+        Config::ProbesetSet,
+        Config::ProbesetLinks,
+        Config::RawPerf,
+        Config::LibbpfPerProbe,
+        Config::AyaPerProbe,
+    ];
+    if bpftrace {
+        singles.push(Config::Bpftrace);
+    }
+    let mut m = Vec::new();
+    if quick {
+        for c in multis {
+            m.push((c, Size::Target(1000), 2));
+        }
+        for c in singles {
+            m.push((c, Size::Target(10), 1));
+        }
+    } else {
+        for c in multis {
+            for n in [10, 100, 1000] {
+                m.push((c, Size::Target(n), 5));
+            }
+        }
+        for c in singles {
+            m.push((c, Size::Target(10), 3));
+            m.push((c, Size::Target(100), 3));
+            m.push((c, Size::Target(1000), 1));
+        }
+    }
+    m
+}
+
+/// The uprobe matrix: (configuration, size, runs).
 fn matrix(quick: bool) -> Vec<(Config, Size, usize)> {
     let mut m = Vec::new();
     let multis = [Config::ProbesetMulti, Config::RawMulti, Config::LibbpfMulti];
@@ -585,6 +942,7 @@ fn matrix(quick: bool) -> Vec<(Config, Size, usize)> {
                 if c == Config::Bpftrace { 1 } else { 3 },
             ));
         }
+        m.push((Config::ProbesetChurn, Size::Target(1000), 1));
     } else {
         for c in multis {
             for s in [
@@ -602,6 +960,11 @@ fn matrix(quick: bool) -> Vec<(Config, Size, usize)> {
             // ~110 s of kernel detach time per run: once.
             m.push((c, Size::Target(1000), 1));
         }
+        // Churn of 1000 changes: libbpf-rs's approaches take ~30-50 s each: once.
+        m.push((Config::ProbesetChurn, Size::Target(1000), 5));
+        m.push((Config::ProbesetChurnPaced, Size::Target(1000), 3));
+        m.push((Config::LibbpfChurnPerProbe, Size::Target(1000), 1));
+        m.push((Config::LibbpfChurnMulti, Size::Target(1000), 1));
     }
     m
 }
@@ -619,17 +982,12 @@ fn report(outcomes: &[Outcome]) -> String {
     let mut text = String::new();
     let by: BTreeMap<(Size, Config), &Outcome> =
         outcomes.iter().map(|o| ((o.size, o.cfg), o)).collect();
-    let peers = [
-        Config::LibbpfMulti,
-        Config::LibbpfPerProbe,
-        Config::AyaPerProbe,
-        Config::Bpftrace,
-    ];
     for o in outcomes {
         if let Some(e) = &o.error {
             writeln!(
                 text,
-                "uprobe n={} {} FAILED: {e}",
+                "{} n={} {} FAILED: {e}",
+                o.kind.name(),
                 o.size.label(),
                 o.cfg.name()
             )
@@ -643,18 +1001,27 @@ fn report(outcomes: &[Outcome]) -> String {
             } else {
                 o.cfg.name().to_string()
             };
-            for (metric, idx) in [("attach", 0), ("detach", 1), ("total", 2)] {
+            let first = if o.cfg.is_churn() {
+                "converge"
+            } else {
+                "attach"
+            };
+            for (metric, idx) in [(first, 0), ("detach", 1), ("total", 2)] {
                 let pick = |m: (f64, f64, f64)| [m.0, m.1, m.2][idx];
                 let v = pick(med);
                 let mut line = format!(
-                    "uprobe {metric} n={} {name} median_ms={v:.3}",
+                    "{} {metric} n={} {name} median_ms={v:.3}",
+                    o.kind.name(),
                     o.size.label()
                 );
                 let base = o.cfg.baseline();
-                if let Some(b) = by.get(&(o.size, base)).and_then(|b| b.medians(cold)) {
+                if let Some(b) = base
+                    .and_then(|base| by.get(&(o.size, base)))
+                    .and_then(|b| b.medians(cold))
+                {
                     write!(line, " vs_raw={}", fmt_ratio(v, pick(b))).unwrap();
                 }
-                for p in peers {
+                for &p in o.cfg.peers() {
                     if p == o.cfg {
                         continue;
                     }
@@ -683,8 +1050,8 @@ fn report(outcomes: &[Outcome]) -> String {
     text
 }
 
-fn write_results(outcomes: &[Outcome], quick: bool) {
-    let dir = out_dir();
+fn write_results(outcomes: &[Outcome], quick: bool, dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
     let mut csv = String::from("config,n,probes,phase,attach_ms,detach_ms\n");
     let mut summary = String::from(
         "config,phase,n,probes,attach_median_ms,detach_median_ms,total_median_ms,runs,rss_kb\n",
@@ -764,18 +1131,21 @@ fn write_results(outcomes: &[Outcome], quick: bool) {
     std::fs::write(dir.join("summary.csv"), &summary).unwrap();
     std::fs::write(dir.join("results.json"), json).unwrap();
     plot::svg(outcomes, &dir.join("attach_detach.svg"));
+    if let Some(o) = outcomes.first() {
+        eprintln!("{} results: {}", o.kind.name(), dir.display());
+    }
     std::fs::write(dir.join("table.md"), table(outcomes)).unwrap();
 }
 
 /// A Markdown table of the medians with the ratios that matter: to the raw baseline of the
-/// same link kind, to libbpf-rs's same path, and to bpftrace.
+/// same link kind, to libbpf-rs's same path, to aya (per probe) and to bpftrace.
 fn table(outcomes: &[Outcome]) -> String {
     let by: BTreeMap<(Size, Config), &Outcome> =
         outcomes.iter().map(|o| ((o.size, o.cfg), o)).collect();
     let mut t = String::from(
-        "| n | system | phase | attach ms | detach ms | total ms | total vs raw | total vs libbpf-rs | total vs bpftrace | runs | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| n | system | phase | attach ms | detach ms | total ms | total vs raw | total vs libbpf-rs | total vs aya | total vs bpftrace | runs | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    let mut rows: Vec<&Outcome> = outcomes.iter().collect();
+    let mut rows: Vec<&Outcome> = outcomes.iter().filter(|o| !o.cfg.is_churn()).collect();
     rows.sort_by_key(|o| (o.size, o.cfg));
     for o in rows {
         for cold in [true, false] {
@@ -806,12 +1176,40 @@ fn table(outcomes: &[Outcome]) -> String {
                 .count();
             writeln!(
                 t,
-                "| {} | {} | {phase} | {a:.2} | {d:.1} | {tot:.1} | {} | {} | {} | {runs} | {:.1} |",
+                "| {} | {} | {phase} | {a:.2} | {d:.1} | {tot:.1} | {} | {} | {} | {} | {runs} | {:.1} |",
                 o.size.label(),
                 o.cfg.name(),
-                ratio(o.cfg.baseline(), cold),
+                o.cfg
+                    .baseline()
+                    .map_or_else(|| "-".to_string(), |b| ratio(b, cold)),
                 ratio(libbpf, cold),
+                ratio(Config::AyaPerProbe, false),
                 ratio(Config::Bpftrace, false),
+                o.hwm_kb as f64 / 1024.0
+            )
+            .unwrap();
+        }
+    }
+    let churn: Vec<&Outcome> = outcomes.iter().filter(|o| o.cfg.is_churn()).collect();
+    if !churn.is_empty() {
+        t.push_str("\n| churn of n changes | system | converge ms | detach ms | converge vs libbpf-rs per probe | converge vs libbpf-rs multi re-created | runs | peak RSS MiB |\n|---|---|---|---|---|---|---|---|\n");
+        for o in churn {
+            let Some((a, d, _)) = o.medians(false) else {
+                continue;
+            };
+            let ratio = |c: Config| {
+                by.get(&(o.size, c))
+                    .and_then(|b| b.medians(false))
+                    .map_or_else(|| "-".to_string(), |b| fmt_ratio(a, b.0))
+            };
+            writeln!(
+                t,
+                "| {} | {} | {a:.1} | {d:.1} | {} | {} | {} | {:.1} |",
+                o.size.label(),
+                o.cfg.name(),
+                ratio(Config::LibbpfChurnPerProbe),
+                ratio(Config::LibbpfChurnMulti),
+                o.runs.len(),
                 o.hwm_kb as f64 / 1024.0
             )
             .unwrap();
@@ -820,21 +1218,139 @@ fn table(outcomes: &[Outcome]) -> String {
     t
 }
 
+/// Runs a matrix, a child process per configuration (bpftrace from here), printing a line per
+/// configuration as it ends (and, for kprobes, its `OUTCOME` line on stdout for the host).
+fn run_matrix(
+    fx: &Fixtures,
+    kind: Kind,
+    m: Vec<(Config, Size, usize)>,
+    only: Option<&str>,
+    cold_gap_ms: u64,
+) -> Vec<Outcome> {
+    let mut outcomes = Vec::new();
+    for (cfg, size, runs) in m {
+        if only.is_some_and(|o| !cfg.name().contains(o)) {
+            continue;
+        }
+        let t = Instant::now();
+        let o = if cfg == Config::Bpftrace {
+            bpftrace(fx, kind, size, runs)
+        } else {
+            spawn_child(kind, cfg, size, runs, cold_gap_ms)
+        };
+        let line = report(std::slice::from_ref(&o));
+        eprint!("  [{:>6.1} s] {line}", t.elapsed().as_secs_f64());
+        if kind == Kind::Kprobe {
+            println!("{}", o.to_line());
+        }
+        std::io::stderr().flush().unwrap();
+        std::io::stdout().flush().unwrap();
+        outcomes.push(o);
+    }
+    outcomes
+}
+
+/// `--kprobes`: the kprobe part, on a kernel with kprobes (the VM).
+fn kprobes(quick: bool, only: Option<&str>) -> bool {
+    if !Path::new("/sys/bus/event_source/devices/kprobe/type").exists() {
+        eprintln!(
+            "probeset-bench: this kernel has no kprobes; `cargo xtask bench` runs this part in the 6.12 VM"
+        );
+        return false;
+    }
+    let fx = setup_paths();
+    for kind_multi in [true, false] {
+        let obj = fx.object(Kind::Kprobe, kind_multi);
+        assert!(
+            obj.is_file(),
+            "{} missing: build the fixtures on the host first (`probeset-bench --setup`)",
+            obj.display()
+        );
+    }
+    let n = kprobe_setup();
+    eprintln!(
+        "probeset-bench: kprobes, {} mode; {n} kernel functions (first: __x64_sys_getpid); kernel {}",
+        if quick { "quick" } else { "full" },
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+    );
+    let bpftrace = Command::new("bpftrace")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !bpftrace {
+        eprintln!("probeset-bench: no bpftrace in this VM: measured without it");
+    }
+    let outcomes = run_matrix(&fx, Kind::Kprobe, kprobe_matrix(quick, bpftrace), only, 500);
+    print!("{}", report(&outcomes));
+    !outcomes.is_empty() && outcomes.iter().all(|o| o.error.is_none())
+}
+
+/// `--kprobe-results LOG`: the host side of the kprobe part: the `OUTCOME` lines of the VM's
+/// console, written out as the uprobe results are (in `target/bench/kprobes/`).
+fn kprobe_results(log: &Path, quick: bool) -> bool {
+    let text = std::fs::read_to_string(log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+    let outcomes: Vec<Outcome> = text.lines().filter_map(Outcome::from_line).collect();
+    if outcomes.is_empty() {
+        eprintln!(
+            "probeset-bench: no kprobe results in {} (see the VM's console above)",
+            log.display()
+        );
+        return false;
+    }
+    println!("{}", report(&outcomes));
+    write_results(&outcomes, quick, &out_dir().join("kprobes"));
+    outcomes.iter().all(|o| o.error.is_none())
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard one, as tracing agents do: 1000 per-probe links
+/// are 1000 descriptors for probeset and 2000 for the others (link + perf event), past the
+/// usual soft limit of 1024. Inherited by the children.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
+}
+
 fn main() {
+    raise_fd_limit();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--child") {
         child(&args[1..]);
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
-    let only: Option<String> = args
-        .iter()
-        .position(|a| a == "--only")
-        .map(|i| args[i + 1].clone());
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .map(|i| args.get(i + 1).expect("a value after the flag").clone())
+    };
+    let only = value("--only");
+    if let Some(log) = value("--kprobe-results") {
+        std::process::exit(if kprobe_results(Path::new(&log), quick) {
+            0
+        } else {
+            1
+        });
+    }
     assert!(
         nix::unistd::geteuid().is_root(),
-        "the benchmark attaches real uprobes: run it as root"
+        "the benchmark attaches real probes: run it as root"
     );
+    if args.iter().any(|a| a == "--setup") {
+        let fx = setup();
+        eprintln!("probeset-bench: fixtures in {}", out_dir().display());
+        drop(fx);
+        return;
+    }
+    if args.iter().any(|a| a == "--kprobes") {
+        std::process::exit(if kprobes(quick, only.as_deref()) {
+            0
+        } else {
+            1
+        });
+    }
     let started = Instant::now();
     let fx = setup();
     let (libc_n, refused) = libc_setup(&fx);
@@ -847,24 +1363,15 @@ fn main() {
         refused
     );
     let cold_gap_ms = if quick { 500 } else { 1000 };
-    let mut outcomes = Vec::new();
-    for (cfg, size, runs) in matrix(quick) {
-        if only.as_deref().is_some_and(|o| !cfg.name().contains(o)) {
-            continue;
-        }
-        let t = Instant::now();
-        let o = if cfg == Config::Bpftrace {
-            bpftrace(&fx, size, runs)
-        } else {
-            spawn_child(cfg, size, runs, cold_gap_ms)
-        };
-        let line = report(std::slice::from_ref(&o));
-        eprint!("  [{:>6.1} s] {line}", t.elapsed().as_secs_f64());
-        std::io::stderr().flush().unwrap();
-        outcomes.push(o);
-    }
+    let outcomes = run_matrix(
+        &fx,
+        Kind::Uprobe,
+        matrix(quick),
+        only.as_deref(),
+        cold_gap_ms,
+    );
     println!("{}", report(&outcomes));
-    write_results(&outcomes, quick);
+    write_results(&outcomes, quick, &out_dir());
     println!(
         "results: {}/{{results.json,summary.csv,runs.csv,attach_detach.svg}} ({:.0} s)",
         out_dir().display(),

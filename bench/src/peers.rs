@@ -7,9 +7,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use probeset::counter::{Counter, Flavour};
-use probeset::{Probe, ProbeSet, Uprobe};
+use probeset::{Kprobe, Probe, ProbeSet, Uprobe};
 
-use crate::{exercise, verify_attached, verify_detached, Config, Fixtures, Size, SLOTS};
+use crate::{exercise, verify_attached, verify_detached, Config, Fixtures, Kind, Size, SLOTS};
 
 /// What a configuration keeps between its runs: the loaded program and its map.
 pub enum System {
@@ -17,29 +17,44 @@ pub enum System {
         counter: Counter,
         rt: tokio::runtime::Runtime,
         cfg: Config,
+        kind: Kind,
     },
     Raw {
         counter: Counter,
         pmu: u32,
         cfg: Config,
+        kind: Kind,
     },
     Libbpf {
         obj: libbpf_rs::Object,
         multi: bool,
+        kind: Kind,
     },
     Aya {
         ebpf: aya::Ebpf,
+        kind: Kind,
     },
 }
 
 type Points = [(Option<String>, u64)];
 
 impl System {
-    pub fn new(cfg: Config, fx: &Fixtures) -> System {
+    pub fn new(cfg: Config, kind: Kind, fx: &Fixtures) -> System {
+        let multi_flavour = match kind {
+            Kind::Uprobe => Flavour::UprobeMulti,
+            Kind::Kprobe => Flavour::KprobeMulti,
+        };
         match cfg {
-            Config::ProbesetMulti | Config::ProbesetSet | Config::ProbesetLinks => {
-                let flavour = if cfg == Config::ProbesetMulti {
-                    Flavour::UprobeMulti
+            Config::ProbesetMulti
+            | Config::ProbesetSet
+            | Config::ProbesetLinks
+            | Config::ProbesetChurn
+            | Config::ProbesetChurnPaced => {
+                let flavour = if matches!(
+                    cfg,
+                    Config::ProbesetMulti | Config::ProbesetChurn | Config::ProbesetChurnPaced
+                ) {
+                    multi_flavour
                 } else {
                     Flavour::Plain
                 };
@@ -51,46 +66,63 @@ impl System {
                         .build()
                         .unwrap(),
                     cfg,
+                    kind,
                 }
             }
             Config::RawMulti | Config::RawPerf => {
                 let flavour = if cfg == Config::RawMulti {
-                    Flavour::UprobeMulti
+                    multi_flavour
                 } else {
                     Flavour::Plain
                 };
-                let pmu = std::fs::read_to_string("/sys/bus/event_source/devices/uprobe/type")
-                    .unwrap()
-                    .trim()
-                    .parse()
-                    .unwrap();
+                let pmu = std::fs::read_to_string(format!(
+                    "/sys/bus/event_source/devices/{}/type",
+                    kind.name()
+                ))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
                 System::Raw {
                     counter: Counter::load(flavour, SLOTS).unwrap(),
                     pmu,
                     cfg,
+                    kind,
                 }
             }
-            Config::LibbpfMulti | Config::LibbpfPerProbe => {
+            Config::LibbpfMulti
+            | Config::LibbpfPerProbe
+            | Config::LibbpfChurnPerProbe
+            | Config::LibbpfChurnMulti => {
                 let open = libbpf_rs::ObjectBuilder::default()
-                    .open_file(&fx.obj_multi)
+                    .open_file(fx.object(kind, true))
                     .unwrap();
                 System::Libbpf {
                     obj: open.load().unwrap(),
                     multi: cfg == Config::LibbpfMulti,
+                    kind,
                 }
             }
             Config::AyaPerProbe => {
-                let mut ebpf = aya::Ebpf::load_file(&fx.obj_plain).unwrap();
-                let prog: &mut aya::programs::UProbe =
-                    ebpf.program_mut("count_plain").unwrap().try_into().unwrap();
-                prog.load().unwrap();
-                System::Aya { ebpf }
+                let mut ebpf = aya::Ebpf::load_file(fx.object(kind, false)).unwrap();
+                let prog = ebpf.program_mut("count_plain").unwrap();
+                match kind {
+                    Kind::Uprobe => {
+                        let p: &mut aya::programs::UProbe = prog.try_into().unwrap();
+                        p.load().unwrap();
+                    }
+                    Kind::Kprobe => {
+                        let p: &mut aya::programs::KProbe = prog.try_into().unwrap();
+                        p.load().unwrap();
+                    }
+                }
+                System::Aya { ebpf, kind }
             }
             Config::Bpftrace => unreachable!("bpftrace runs in the parent"),
         }
     }
 
-    fn counts(&self, len: usize) -> Vec<u64> {
+    pub(crate) fn counts(&self, len: usize) -> Vec<u64> {
         match self {
             System::Probeset { counter, .. } | System::Raw { counter, .. } => (0..len)
                 .map(|i| counter.get(u32::try_from(i).unwrap()).unwrap())
@@ -109,7 +141,7 @@ impl System {
                     })
                     .collect()
             }
-            System::Aya { ebpf } => {
+            System::Aya { ebpf, .. } => {
                 let arr: aya::maps::Array<_, u64> =
                     aya::maps::Array::try_from(ebpf.map("counts").unwrap()).unwrap();
                 (0..len)
@@ -123,6 +155,7 @@ impl System {
     pub fn run(
         &mut self,
         fx: &Fixtures,
+        kind: Kind,
         size: Size,
         binary: &Path,
         pts: &Points,
@@ -134,16 +167,16 @@ impl System {
         };
         let c0 = self.counts(len);
         let (attach, held) = self.attach(binary, pts)?;
-        exercise(fx);
+        exercise(fx, kind);
         let c1 = self.counts(len);
         let delta: Vec<u64> = c1.iter().zip(&c0).map(|(a, b)| a - b).collect();
-        let attached = verify_attached(size, &delta, n);
+        let attached = verify_attached(kind, size, &delta, n);
         let t = Instant::now();
         self.detach(held)?;
         let detach = t.elapsed();
         attached?;
         let c2 = self.counts(len);
-        exercise(fx);
+        exercise(fx, kind);
         let c3 = self.counts(len);
         verify_detached(&c2, &c3)?;
         Ok((attach, detach))
@@ -153,17 +186,24 @@ impl System {
         let err = |e: &dyn std::fmt::Display| e.to_string();
         let cookie = |i: usize| u64::try_from(i).unwrap();
         match self {
-            System::Probeset { counter, rt, cfg } => {
+            System::Probeset {
+                counter,
+                rt,
+                cfg,
+                kind,
+            } => {
                 let probes: Vec<Probe> = pts
                     .iter()
                     .enumerate()
-                    .map(|(i, (sym, off))| {
-                        match sym {
-                            Some(s) => Uprobe::new(binary, s.as_str()),
-                            None => Uprobe::at_offset(binary, *off),
+                    .map(|(i, (sym, off))| match (*kind, sym) {
+                        (Kind::Kprobe, Some(s)) => Kprobe::new(s.as_str()).cookie(cookie(i)).into(),
+                        (Kind::Kprobe, None) => unreachable!("kprobes are by symbol"),
+                        (Kind::Uprobe, Some(s)) => {
+                            Uprobe::new(binary, s.as_str()).cookie(cookie(i)).into()
                         }
-                        .cookie(cookie(i))
-                        .into()
+                        (Kind::Uprobe, None) => {
+                            Uprobe::at_offset(binary, *off).cookie(cookie(i)).into()
+                        }
                     })
                     .collect();
                 let links_loop = *cfg == Config::ProbesetLinks;
@@ -173,8 +213,7 @@ impl System {
                     if links_loop {
                         let mut links = Vec::with_capacity(probes.len());
                         for p in probes {
-                            let Probe::Uprobe(u) = p else { unreachable!() };
-                            links.push(u.attach(counter).await.map_err(|e| err(&e))?);
+                            links.push(p.attach(counter).await.map_err(|e| err(&e))?);
                         }
                         Ok((t.elapsed(), Held::Links(links)))
                     } else {
@@ -184,7 +223,34 @@ impl System {
                     }
                 })
             }
-            System::Raw { counter, pmu, cfg } => {
+            System::Raw {
+                counter,
+                pmu,
+                cfg,
+                kind: Kind::Kprobe,
+            } => {
+                // Kprobes: a symbol each (the PMU's config1 is the name, config2 the offset).
+                let names: Vec<CString> = pts
+                    .iter()
+                    .map(|p| CString::new(p.0.clone().unwrap()).unwrap())
+                    .collect();
+                let cookies: Vec<u64> = (0..pts.len()).map(cookie).collect();
+                let t = Instant::now();
+                if *cfg == Config::RawMulti {
+                    let syms: Vec<&std::ffi::CStr> = names.iter().map(CString::as_c_str).collect();
+                    let link =
+                        probeset::raw::link_kprobe_multi(counter.program(), &syms, &cookies, false)
+                            .map_err(|e| err(&e))?;
+                    Ok((t.elapsed(), Held::Fds(vec![(link, None)])))
+                } else {
+                    let points = names.iter().map(|n| (n.as_c_str(), 0));
+                    let fds = raw_perf_links(counter.program(), *pmu, points)?;
+                    Ok((t.elapsed(), Held::Fds(fds)))
+                }
+            }
+            System::Raw {
+                counter, pmu, cfg, ..
+            } => {
                 let path = CString::new(binary.as_os_str().as_bytes()).unwrap();
                 let offsets: Vec<u64> = pts.iter().map(|p| p.1).collect();
                 let cookies: Vec<u64> = (0..pts.len()).map(cookie).collect();
@@ -200,25 +266,45 @@ impl System {
                     .map_err(|e| err(&e))?;
                     Ok((t.elapsed(), Held::Fds(vec![(link, None)])))
                 } else {
-                    let mut fds = Vec::with_capacity(offsets.len());
-                    for (i, off) in offsets.iter().enumerate() {
-                        let perf = probeset::raw::perf_probe_open(*pmu, 0, &path, *off)
-                            .map_err(|e| err(&e))?;
-                        let link =
-                            probeset::raw::link_perf(counter.program(), perf.as_fd(), cookie(i))
-                                .map_err(|e| err(&e))?;
-                        fds.push((link, Some(perf)));
-                    }
+                    let points = offsets.iter().map(|&off| (path.as_c_str(), off));
+                    let fds = raw_perf_links(counter.program(), *pmu, points)?;
                     Ok((t.elapsed(), Held::Fds(fds)))
                 }
             }
-            System::Libbpf { obj, multi } => {
+            System::Libbpf { obj, multi, kind } => {
                 let name = if *multi { "count_multi" } else { "count_plain" };
                 let prog = obj
                     .progs_mut()
                     .find(|p| p.name() == name)
                     .expect("program in object");
                 let t = Instant::now();
+                if *kind == Kind::Kprobe {
+                    let names = pts.iter().map(|p| p.0.clone().unwrap());
+                    if *multi {
+                        let opts = libbpf_rs::KprobeMultiOpts {
+                            symbols: names.collect(),
+                            cookies: (0..pts.len()).map(cookie).collect(),
+                            retprobe: false,
+                            ..Default::default()
+                        };
+                        let link = prog
+                            .attach_kprobe_multi_with_opts(opts)
+                            .map_err(|e| err(&e))?;
+                        return Ok((t.elapsed(), Held::Libbpf(vec![link])));
+                    }
+                    let mut links = Vec::with_capacity(pts.len());
+                    for (i, name) in names.enumerate() {
+                        let opts = libbpf_rs::KprobeOpts {
+                            cookie: cookie(i),
+                            ..Default::default()
+                        };
+                        links.push(
+                            prog.attach_kprobe_with_opts(false, name, opts)
+                                .map_err(|e| err(&e))?,
+                        );
+                    }
+                    return Ok((t.elapsed(), Held::Libbpf(links)));
+                }
                 if *multi {
                     let mut opts = libbpf_rs::UprobeMultiOpts {
                         cookies: (0..pts.len()).map(cookie).collect(),
@@ -254,7 +340,24 @@ impl System {
                     Ok((t.elapsed(), Held::Libbpf(links)))
                 }
             }
-            System::Aya { ebpf } => {
+            System::Aya {
+                ebpf,
+                kind: Kind::Kprobe,
+            } => {
+                // aya 0.14 takes no cookie for a kprobe: every probe counts in slot 0.
+                let prog: &mut aya::programs::KProbe =
+                    ebpf.program_mut("count_plain").unwrap().try_into().unwrap();
+                let t = Instant::now();
+                let mut ids = Vec::with_capacity(pts.len());
+                for (sym, _) in pts {
+                    ids.push(
+                        prog.attach(sym.as_deref().unwrap(), 0)
+                            .map_err(|e| err(&e))?,
+                    );
+                }
+                Ok((t.elapsed(), Held::AyaK(ids)))
+            }
+            System::Aya { ebpf, .. } => {
                 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
                 let prog: &mut aya::programs::UProbe =
                     ebpf.program_mut("count_plain").unwrap().try_into().unwrap();
@@ -279,7 +382,7 @@ impl System {
         }
     }
 
-    fn detach(&mut self, held: Held) -> Result<(), String> {
+    pub(crate) fn detach(&mut self, held: Held) -> Result<(), String> {
         match (self, held) {
             (System::Probeset { rt, .. }, Held::Set(set)) => {
                 rt.block_on(set.detach()).map_err(|e| e.to_string())
@@ -299,7 +402,15 @@ impl System {
                 drop(links);
                 Ok(())
             }
-            (System::Aya { ebpf }, Held::Aya(ids)) => {
+            (System::Aya { ebpf, .. }, Held::AyaK(ids)) => {
+                let prog: &mut aya::programs::KProbe =
+                    ebpf.program_mut("count_plain").unwrap().try_into().unwrap();
+                for id in ids {
+                    prog.detach(id).map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            }
+            (System::Aya { ebpf, .. }, Held::Aya(ids)) => {
                 let prog: &mut aya::programs::UProbe =
                     ebpf.program_mut("count_plain").unwrap().try_into().unwrap();
                 for id in ids {
@@ -312,6 +423,24 @@ impl System {
     }
 }
 
+/// The bare per-probe path: a PMU perf event (`config1` = the name or path, `config2` = the
+/// offset) and a BPF perf link for each point, cookie = its index.
+fn raw_perf_links<'a>(
+    prog: std::os::fd::BorrowedFd<'_>,
+    pmu: u32,
+    points: impl Iterator<Item = (&'a std::ffi::CStr, u64)>,
+) -> Result<Vec<(OwnedFd, Option<OwnedFd>)>, String> {
+    let mut fds = Vec::new();
+    for (i, (name, offset)) in points.enumerate() {
+        let perf =
+            probeset::raw::perf_probe_open(pmu, 0, name, offset).map_err(|e| e.to_string())?;
+        let link = probeset::raw::link_perf(prog, perf.as_fd(), u64::try_from(i).unwrap())
+            .map_err(|e| e.to_string())?;
+        fds.push((link, Some(perf)));
+    }
+    Ok(fds)
+}
+
 /// What an attach holds until its detach.
 pub enum Held {
     Set(ProbeSet),
@@ -319,4 +448,5 @@ pub enum Held {
     Fds(Vec<(OwnedFd, Option<OwnedFd>)>),
     Libbpf(Vec<libbpf_rs::Link>),
     Aya(Vec<aya::programs::uprobe::UProbeLinkId>),
+    AyaK(Vec<aya::programs::kprobe::KProbeLinkId>),
 }

@@ -27,7 +27,7 @@ type Series = (Config, Vec<(f64, f64, f64)>);
 pub fn svg(outcomes: &[Outcome], path: &Path) {
     // Uses the warm (or only) medians.
     let mut series: Vec<Series> = Vec::new();
-    for o in outcomes {
+    for o in outcomes.iter().filter(|o| !o.cfg.is_churn()) {
         let Some((a, d, _)) = o.medians(false) else {
             continue;
         };
@@ -51,6 +51,7 @@ pub fn svg(outcomes: &[Outcome], path: &Path) {
     if series.is_empty() {
         return;
     }
+    let kind = outcomes[0].kind.name();
     let (lx0, lx1) = (
         xmin.log10().floor(),
         xmax.log10().ceil().max(xmin.log10().floor() + 1.0),
@@ -80,8 +81,9 @@ pub fn svg(outcomes: &[Outcome], path: &Path) {
         let (xa, xb) = (p.x0 + LEFT, p.x0 + W - 10.0);
         writeln!(
             s,
-            "<text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">uprobe {}</text>",
+            "<text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">{} {}</text>",
             (xa + xb) / 2.0,
+            kind,
             p.title
         )
         .unwrap();

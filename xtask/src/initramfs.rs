@@ -34,6 +34,8 @@ pub struct Guest {
     pub workdir: PathBuf,
     /// More programs the payloads run (the `funccount` example), at their host paths.
     pub extras: Vec<PathBuf>,
+    /// Data files the payloads read (the benchmark's BPF objects), at their host paths.
+    pub files: Vec<PathBuf>,
 }
 
 /// The kernel command line word that carries the kernel's short name to `/init`.
@@ -71,6 +73,9 @@ pub fn build(dir: &Path, guest: &Guest) -> Result<PathBuf> {
         for lib in shared_libraries(exe)? {
             place(&root, &lib)?;
         }
+    }
+    for file in &guest.files {
+        place(&root, file)?;
     }
     // The loader's cache, so libraries found through it on the host are found in the guest.
     if Path::new("/etc/ld.so.cache").is_file() {
@@ -325,6 +330,7 @@ mod tests {
             }],
             workdir: PathBuf::from("/w"),
             extras: Vec::new(),
+            files: Vec::new(),
         };
         let script = init_script(&guest);
         assert!(script.starts_with("#!/bin/sh\n"));

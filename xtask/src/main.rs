@@ -36,10 +36,12 @@ usage:
       cargo test --workspace on the host, then the VM tier on every kernel of the matrix
       --no-vm              host tests only
       --host-timeout SECS  limit for the host tests (default 1200)
-  cargo xtask bench [--quick] [--only SUBSTR]
+  cargo xtask bench [--quick] [--only SUBSTR] [--uprobes-only | --kprobes-only]
       the side-by-side benchmark (bench/): probeset, raw syscalls, libbpf-rs, aya, bpftrace;
-      installs clang, gcc, bpftrace, libelf-dev, zlib1g-dev, pkg-config when missing;
-      --quick: a small subset (~1 min); results in target/bench/
+      uprobes here, then kprobes in the 6.12 VM; installs clang, gcc, bpftrace, libelf-dev,
+      zlib1g-dev, pkg-config when missing; --quick: a small subset (under 2 min);
+      --only SUBSTR: the systems whose name contains it; results in target/bench/ and
+      target/bench/kprobes/
   cargo xtask vm [--kernel NAME]... [--test NAME]... [--timeout SECS]
   cargo xtask vm [--kernel NAME]... --exec PATH [--timeout SECS] [-- ARGS...]
       boot each kernel under qemu and run tests inside
@@ -187,6 +189,8 @@ fn parse(args: &[String]) -> Result<Cli> {
                 kernels,
                 target,
                 timeout,
+                extras: Vec::new(),
+                files: Vec::new(),
             }))
         }
         other => Err(err(format!("unknown command `{other}`"))),
@@ -265,6 +269,8 @@ fn test_command(run_vm: bool, timeout: Duration, host_timeout: Duration) -> Resu
             kernels: Spec::matrix(),
             target: vm::Target::Tests(vm::default_tests()),
             timeout,
+            extras: Vec::new(),
+            files: Vec::new(),
         };
         match vm::run(&opts, &mut Apt::default()) {
             Ok(results) => {

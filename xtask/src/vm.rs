@@ -61,6 +61,11 @@ pub struct Options {
     pub target: Target,
     /// The limit for one kernel's boot and run.
     pub timeout: Duration,
+    /// More executables for the guest, with their shared libraries, at their host paths
+    /// (none from the command line).
+    pub extras: Vec<PathBuf>,
+    /// Data files for the guest, at their host paths (none from the command line).
+    pub files: Vec<PathBuf>,
 }
 
 /// The outcome for one kernel.
@@ -112,12 +117,13 @@ pub fn run(opts: &Options, apt: &mut Apt) -> Result<Vec<KernelResult>> {
     apt.ensure_host_tools()?;
     let (payloads, need_tests) = payloads(&opts.target)?;
     // tests/funccount.rs runs the example: build it with the tests' profile.
-    let extras = match &opts.target {
+    let mut extras = match &opts.target {
         Target::Tests(names) if names.iter().any(|n| n == "funccount") => {
             vec![crate::cargo::build_example("funccount")?]
         }
         _ => Vec::new(),
     };
+    extras.extend(opts.extras.iter().cloned());
     let run_dir = target_dir().join("vm/run");
     fs::create_dir_all(&run_dir).context(|| format!("cannot create {}", run_dir.display()))?;
     let _lock = lock(&target_dir().join("vm/lock"))?;
@@ -125,6 +131,7 @@ pub fn run(opts: &Options, apt: &mut Apt) -> Result<Vec<KernelResult>> {
         payloads,
         workdir: workspace_root(),
         extras,
+        files: opts.files.clone(),
     };
     let started = Instant::now();
     let initrd = initramfs::build(&run_dir, &guest)?;
@@ -284,7 +291,9 @@ fn boot_inner(
 
     let mut cmd = Command::new(QEMU);
     cmd.current_dir(dir)
-        .args(["-accel", "tcg", "-smp", "1", "-m", "1G"])
+        // 2 GiB: room for a large initramfs (the benchmark packs bpftrace and its ~200 MB of
+        // libraries) beside what the tests allocate.
+        .args(["-accel", "tcg", "-smp", "1", "-m", "2G"])
         .args(["-nographic", "-nodefaults", "-no-user-config"])
         .args(["-serial", "stdio", "-serial", "file:rc.txt", "-no-reboot"])
         .arg("-kernel")
