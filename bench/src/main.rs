@@ -21,6 +21,7 @@
 mod churn;
 mod peers;
 mod plot;
+mod tick;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -76,10 +77,12 @@ pub enum Config {
     ProbesetChurnPaced,
     LibbpfChurnPerProbe,
     LibbpfChurnMulti,
+    ProbesetTick,
+    LibbpfTick,
 }
 
 impl Config {
-    const ALL: [Config; 13] = [
+    const ALL: [Config; 15] = [
         Config::ProbesetMulti,
         Config::RawMulti,
         Config::LibbpfMulti,
@@ -93,6 +96,8 @@ impl Config {
         Config::ProbesetChurnPaced,
         Config::LibbpfChurnPerProbe,
         Config::LibbpfChurnMulti,
+        Config::ProbesetTick,
+        Config::LibbpfTick,
     ];
 
     pub fn name(self) -> &'static str {
@@ -110,7 +115,14 @@ impl Config {
             Config::ProbesetChurnPaced => "probeset-churn-paced",
             Config::LibbpfChurnPerProbe => "libbpf-rs-churn",
             Config::LibbpfChurnMulti => "libbpf-rs-churn-multi",
+            Config::ProbesetTick => "probeset-tick",
+            Config::LibbpfTick => "libbpf-rs-tick",
         }
+    }
+
+    /// A tick configuration (`tick.rs`): times a detach and the runtime's ticks during it.
+    pub fn is_tick(self) -> bool {
+        matches!(self, Config::ProbesetTick | Config::LibbpfTick)
     }
 
     /// A churn configuration (`churn.rs`): times converging a stream of changes.
@@ -126,7 +138,9 @@ impl Config {
 
     /// The systems a configuration's ratios are taken against.
     fn peers(self) -> &'static [Config] {
-        if self.is_churn() {
+        if self.is_tick() {
+            &[Config::LibbpfTick]
+        } else if self.is_churn() {
             &[Config::LibbpfChurnPerProbe, Config::LibbpfChurnMulti]
         } else {
             &[
@@ -152,7 +166,7 @@ impl Config {
 
     /// The raw baseline of the same kind of link (none for churn).
     fn baseline(self) -> Option<Config> {
-        if self.is_churn() {
+        if self.is_churn() || self.is_tick() {
             None
         } else if self.is_multi() {
             Some(Config::RawMulti)
@@ -214,6 +228,8 @@ pub struct Run {
     pub detach: Duration,
     /// Probes attached (as verified).
     pub probes: usize,
+    /// For the tick configurations: the runtime's ticks during the detach.
+    pub ticks: Option<tick::Ticks>,
 }
 
 impl Fixtures {
@@ -528,6 +544,19 @@ fn child(args: &[String]) {
         if phase == "cold" {
             std::thread::sleep(cold_gap);
         }
+        if cfg.is_tick() {
+            match sys.tick(&fx, size, &binary, &pts) {
+                Ok((detach, t)) => {
+                    println!("RUN {phase} 0 {:.4} {}", ms(detach), pts.len());
+                    println!("TICK {:.4} {:.4} {}", ms(t.p99), ms(t.max), t.count);
+                }
+                Err(e) => {
+                    println!("FAIL {phase} {e}");
+                    std::process::exit(1);
+                }
+            }
+            continue;
+        }
         let run = if cfg.is_churn() {
             sys.churn(cfg, &fx, &binary, &pts)
         } else {
@@ -646,6 +675,7 @@ impl Outcome {
                     attach: t(1)?,
                     detach: t(2)?,
                     probes,
+                    ticks: None,
                 });
             }
         }
@@ -700,7 +730,18 @@ fn spawn_child(kind: Kind, cfg: Config, size: Size, runs: usize, cold_gap_ms: u6
                     attach: Duration::from_secs_f64(f[2].parse::<f64>().unwrap() / 1e3),
                     detach: Duration::from_secs_f64(f[3].parse::<f64>().unwrap() / 1e3),
                     probes: o.probes,
+                    ticks: None,
                 });
+            }
+            Some("TICK") => {
+                let d = |i: usize| Duration::from_secs_f64(f[i].parse::<f64>().unwrap() / 1e3);
+                if let Some(r) = o.runs.last_mut() {
+                    r.ticks = Some(tick::Ticks {
+                        p99: d(1),
+                        max: d(2),
+                        count: f[3].parse().unwrap(),
+                    });
+                }
             }
             Some("HWM") => o.hwm_kb = f[1].parse().unwrap_or(0),
             Some("FAIL") => o.error = Some(f[2..].join(" ")),
@@ -876,6 +917,7 @@ fn bpftrace(fx: &Fixtures, kind: Kind, size: Size, runs: usize) -> Outcome {
             attach,
             detach,
             probes: n,
+            ticks: None,
         });
     }
     o
@@ -943,6 +985,8 @@ fn matrix(quick: bool) -> Vec<(Config, Size, usize)> {
             ));
         }
         m.push((Config::ProbesetChurn, Size::Target(1000), 1));
+        m.push((Config::ProbesetTick, Size::Target(10), 1));
+        m.push((Config::LibbpfTick, Size::Target(10), 1));
     } else {
         for c in multis {
             for s in [
@@ -965,6 +1009,9 @@ fn matrix(quick: bool) -> Vec<(Config, Size, usize)> {
         m.push((Config::ProbesetChurnPaced, Size::Target(1000), 3));
         m.push((Config::LibbpfChurnPerProbe, Size::Target(1000), 1));
         m.push((Config::LibbpfChurnMulti, Size::Target(1000), 1));
+        // A 1 ms tick while 100 per-probe links detach (~11 s for libbpf-rs).
+        m.push((Config::ProbesetTick, Size::Target(100), 3));
+        m.push((Config::LibbpfTick, Size::Target(100), 3));
     }
     m
 }
@@ -992,6 +1039,10 @@ fn report(outcomes: &[Outcome]) -> String {
                 o.cfg.name()
             )
             .unwrap();
+            continue;
+        }
+        if o.cfg.is_tick() {
+            writeln!(text, "{}", tick_line(o, &by)).unwrap();
             continue;
         }
         for cold in [true, false] {
@@ -1048,6 +1099,55 @@ fn report(outcomes: &[Outcome]) -> String {
         }
     }
     text
+}
+
+/// Medians of a tick configuration's runs: (detach ms, p99 gap ms, largest gap ms, ticks).
+fn tick_medians(o: &Outcome) -> Option<(f64, f64, f64, f64)> {
+    let ticks: Vec<(f64, tick::Ticks)> = o
+        .runs
+        .iter()
+        .filter_map(|r| Some((ms(r.detach), r.ticks?)))
+        .collect();
+    if ticks.is_empty() || o.error.is_some() {
+        return None;
+    }
+    let col = |f: &dyn Fn(&(f64, tick::Ticks)) -> f64| {
+        median(&mut ticks.iter().map(f).collect::<Vec<f64>>())
+    };
+    Some((
+        col(&|t| t.0),
+        col(&|t| ms(t.1.p99)),
+        col(&|t| ms(t.1.max)),
+        col(&|t| t.1.count as f64),
+    ))
+}
+
+/// `uprobe tick n=100 probeset-tick detach_ms=... tick_p99_ms=... tick_max_ms=... ticks=...`
+fn tick_line(o: &Outcome, by: &BTreeMap<(Size, Config), &Outcome>) -> String {
+    let Some((d, p99, max, count)) = tick_medians(o) else {
+        return format!(
+            "{} tick n={} {}: no runs",
+            o.kind.name(),
+            o.size.label(),
+            o.cfg.name()
+        );
+    };
+    let mut line = format!(
+        "{} tick n={} {} detach_ms={d:.1} tick_p99_ms={p99:.2} tick_max_ms={max:.1} ticks={count:.0}",
+        o.kind.name(),
+        o.size.label(),
+        o.cfg.name()
+    );
+    if o.cfg != Config::LibbpfTick {
+        if let Some((_, _, peer_max, _)) = by
+            .get(&(o.size, Config::LibbpfTick))
+            .and_then(|p| tick_medians(p))
+        {
+            write!(line, " max_vs_libbpf-rs-tick={}", fmt_ratio(max, peer_max)).unwrap();
+        }
+    }
+    write!(line, " runs={}", o.runs.len()).unwrap();
+    line
 }
 
 fn write_results(outcomes: &[Outcome], quick: bool, dir: &Path) {
@@ -1145,7 +1245,10 @@ fn table(outcomes: &[Outcome]) -> String {
     let mut t = String::from(
         "| n | system | phase | attach ms | detach ms | total ms | total vs raw | total vs libbpf-rs | total vs aya | total vs bpftrace | runs | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    let mut rows: Vec<&Outcome> = outcomes.iter().filter(|o| !o.cfg.is_churn()).collect();
+    let mut rows: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| !o.cfg.is_churn() && !o.cfg.is_tick())
+        .collect();
     rows.sort_by_key(|o| (o.size, o.cfg));
     for o in rows {
         for cold in [true, false] {
@@ -1211,6 +1314,23 @@ fn table(outcomes: &[Outcome]) -> String {
                 ratio(Config::LibbpfChurnMulti),
                 o.runs.len(),
                 o.hwm_kb as f64 / 1024.0
+            )
+            .unwrap();
+        }
+    }
+    let ticks: Vec<&Outcome> = outcomes.iter().filter(|o| o.cfg.is_tick()).collect();
+    if !ticks.is_empty() {
+        t.push_str("\n| per-probe links detached | system | detach ms | 1 ms tick: p99 gap ms | largest gap ms | ticks seen | runs |\n|---|---|---|---|---|---|---|\n");
+        for o in ticks {
+            let Some((d, p99, max, count)) = tick_medians(o) else {
+                continue;
+            };
+            writeln!(
+                t,
+                "| {} | {} | {d:.1} | {p99:.2} | {max:.1} | {count:.0} | {} |",
+                o.size.label(),
+                o.cfg.name(),
+                o.runs.len()
             )
             .unwrap();
         }

@@ -49,7 +49,8 @@ impl System {
             | Config::ProbesetSet
             | Config::ProbesetLinks
             | Config::ProbesetChurn
-            | Config::ProbesetChurnPaced => {
+            | Config::ProbesetChurnPaced
+            | Config::ProbesetTick => {
                 let flavour = if matches!(
                     cfg,
                     Config::ProbesetMulti | Config::ProbesetChurn | Config::ProbesetChurnPaced
@@ -93,7 +94,8 @@ impl System {
             Config::LibbpfMulti
             | Config::LibbpfPerProbe
             | Config::LibbpfChurnPerProbe
-            | Config::LibbpfChurnMulti => {
+            | Config::LibbpfChurnMulti
+            | Config::LibbpfTick => {
                 let open = libbpf_rs::ObjectBuilder::default()
                     .open_file(fx.object(kind, true))
                     .unwrap();
@@ -182,7 +184,11 @@ impl System {
         Ok((attach, detach))
     }
 
-    fn attach(&mut self, binary: &Path, pts: &Points) -> Result<(Duration, Held), String> {
+    pub(crate) fn attach(
+        &mut self,
+        binary: &Path,
+        pts: &Points,
+    ) -> Result<(Duration, Held), String> {
         let err = |e: &dyn std::fmt::Display| e.to_string();
         let cookie = |i: usize| u64::try_from(i).unwrap();
         match self {

@@ -27,7 +27,10 @@ type Series = (Config, Vec<(f64, f64, f64)>);
 pub fn svg(outcomes: &[Outcome], path: &Path) {
     // Uses the warm (or only) medians.
     let mut series: Vec<Series> = Vec::new();
-    for o in outcomes.iter().filter(|o| !o.cfg.is_churn()) {
+    for o in outcomes
+        .iter()
+        .filter(|o| !o.cfg.is_churn() && !o.cfg.is_tick())
+    {
         let Some((a, d, _)) = o.medians(false) else {
             continue;
         };
