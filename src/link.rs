@@ -29,7 +29,11 @@ pub enum LinkKind {
 /// a removal awaiting a rebuild) that a cancellation drops on a runtime worker.
 #[derive(Debug)]
 pub(crate) struct Attached {
+    /// The BPF link (perf or multi), when the kernel has them.
     pub link: Option<OwnedFd>,
+    /// The perf event, only when no BPF link holds it (the `PERF_EVENT_IOC_SET_BPF` path): a
+    /// perf link keeps its event alive and releases it when it is closed, so one descriptor
+    /// per probe is enough.
     pub perf: Option<OwnedFd>,
     pub event: Option<ProbeEvent>,
     pub tracefs_event_name: Option<String>,
