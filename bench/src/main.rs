@@ -1360,7 +1360,7 @@ fn run_matrix(
         };
         let line = report(std::slice::from_ref(&o));
         eprint!("  [{:>6.1} s] {line}", t.elapsed().as_secs_f64());
-        if kind == Kind::Kprobe {
+        if in_vm() {
             println!("{}", o.to_line());
         }
         std::io::stderr().flush().unwrap();
@@ -1402,9 +1402,23 @@ fn kprobes(quick: bool, only: Option<&str>) -> bool {
     if !bpftrace {
         eprintln!("probeset-bench: no bpftrace in this VM: measured without it");
     }
-    let outcomes = run_matrix(&fx, Kind::Kprobe, kprobe_matrix(quick, bpftrace), only, 500);
+    let mut outcomes = run_matrix(&fx, Kind::Kprobe, kprobe_matrix(quick, bpftrace), only, 500);
+    if !quick && fx.target.is_file() && fx.obj_plain.is_file() {
+        // The same kernel's uprobes, to read the kprobe ratios against: how much does TCG
+        // compress multi-link vs per-probe on this kernel, next to the host's figures?
+        let calibration = vec![
+            (Config::ProbesetMulti, Size::Target(1000), 3),
+            (Config::AyaPerProbe, Size::Target(1000), 1),
+        ];
+        outcomes.extend(run_matrix(&fx, Kind::Uprobe, calibration, only, 500));
+    }
     print!("{}", report(&outcomes));
     !outcomes.is_empty() && outcomes.iter().all(|o| o.error.is_none())
+}
+
+/// Whether this runs in the VM tier's guest (`cargo xtask vm` sets `PROBESET_VM`).
+fn in_vm() -> bool {
+    std::env::var_os("PROBESET_VM").is_some()
 }
 
 /// `--kprobe-results LOG`: the host side of the kprobe part: the `OUTCOME` lines of the VM's
@@ -1420,7 +1434,13 @@ fn kprobe_results(log: &Path, quick: bool) -> bool {
         return false;
     }
     println!("{}", report(&outcomes));
-    write_results(&outcomes, quick, &out_dir().join("kprobes"));
+    let (kprobes, calibration): (Vec<Outcome>, Vec<Outcome>) =
+        outcomes.iter().cloned().partition(|o| o.kind == Kind::Kprobe);
+    let dir = out_dir().join("kprobes");
+    write_results(&kprobes, quick, &dir);
+    if !calibration.is_empty() {
+        std::fs::write(dir.join("uprobes_in_vm.md"), table(&calibration)).unwrap();
+    }
     outcomes.iter().all(|o| o.error.is_none())
 }
 

@@ -115,10 +115,16 @@ pub fn run(args: &[String], apt: &mut Apt) -> Result<bool> {
 fn kprobes(driver_args: &[&str], apt: &mut Apt) -> Result<bool> {
     let quick = driver_args.contains(&"--quick");
     let fixtures = workspace_root().join("target/bench");
-    let files = ["count_kprobe_multi.bpf.o", "count_kprobe_plain.bpf.o"]
-        .iter()
-        .map(|f| fixtures.join(f))
-        .collect();
+    // The kprobe objects; and, for the uprobe calibration run in the same VM, the target
+    // program and aya's uprobe object.
+    let files = [
+        "count_kprobe_multi.bpf.o",
+        "count_kprobe_plain.bpf.o",
+        "count_plain.bpf.o",
+    ]
+    .iter()
+    .map(|f| fixtures.join(f))
+    .collect();
     let mut guest_args = vec!["--kprobes".to_owned()];
     guest_args.extend(driver_args.iter().map(|a| (*a).to_owned()));
     let opts = vm::Options {
@@ -130,7 +136,7 @@ fn kprobes(driver_args: &[&str], apt: &mut Apt) -> Result<bool> {
         // Full: ~15 min under TCG (per-probe detach is a grace period a probe).
         timeout: Duration::from_secs(if quick { 600 } else { 3600 }),
         // bpftrace runs in the VM too, from the host's package.
-        extras: vec![PathBuf::from(BPFTRACE)],
+        extras: vec![PathBuf::from(BPFTRACE), fixtures.join("target")],
         files,
     };
     let results = vm::run(&opts, apt)?;
