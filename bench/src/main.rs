@@ -851,8 +851,9 @@ fn bpftrace(fx: &Fixtures, kind: Kind, size: Size, runs: usize) -> Outcome {
         exercise(fx, kind);
         let pid = child.id();
         o.hwm_kb = o.hwm_kb.max(vm_hwm_kb(&pid.to_string()));
-        // In the VM, bpftrace 0.17 sometimes misses a SIGINT sent right after BEGIN (it sat
-        // there for minutes): let it settle (untimed), and repeat the signal every 5 s.
+        // In the VM, bpftrace 0.17 sometimes missed a SIGINT sent right after BEGIN (it sat
+        // there for minutes): let it settle (untimed), and repeat the signal every 5 s while
+        // it has not exited (harmless when it is merely slow to detach).
         std::thread::sleep(Duration::from_millis(500));
         let sigint = || {
             nix::sys::signal::kill(
@@ -881,7 +882,7 @@ fn bpftrace(fx: &Fixtures, kind: Kind, size: Size, runs: usize) -> Outcome {
             }
         };
         if repeats > 0 {
-            eprintln!("    bpftrace n={n}: SIGINT sent {} times", repeats + 1);
+            eprintln!("    bpftrace n={n}: SIGINT repeated {repeats} times while it detached");
         }
         if !exited {
             let _ = child.kill();
@@ -1434,8 +1435,10 @@ fn kprobe_results(log: &Path, quick: bool) -> bool {
         return false;
     }
     println!("{}", report(&outcomes));
-    let (kprobes, calibration): (Vec<Outcome>, Vec<Outcome>) =
-        outcomes.iter().cloned().partition(|o| o.kind == Kind::Kprobe);
+    let (kprobes, calibration): (Vec<Outcome>, Vec<Outcome>) = outcomes
+        .iter()
+        .cloned()
+        .partition(|o| o.kind == Kind::Kprobe);
     let dir = out_dir().join("kprobes");
     write_results(&kprobes, quick, &dir);
     if !calibration.is_empty() {
