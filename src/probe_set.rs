@@ -209,6 +209,21 @@ const COMPACT_BELOW: usize = 64;
 /// At most this many threads release at once.
 const RELEASE_THREADS: usize = 64;
 
+/// The CPUs this process may use (`available_parallelism`: affinity and cgroup quota), read
+/// once per process. The first call reads cgroup files (~0.2-1.5 ms), so on the blocking pool.
+async fn default_concurrency() -> Result<usize, Error> {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    if let Some(&n) = CPUS.get() {
+        return Ok(n);
+    }
+    let n =
+        blocking::run(
+            || Ok(std::thread::available_parallelism().map_or(2, std::num::NonZero::get)),
+        )
+        .await?;
+    Ok(*CPUS.get_or_init(|| n))
+}
+
 /// Releases `items` on up to 64 threads; one result per item, in order.
 ///
 /// Releasing waits for kernel RCU grace periods, which concurrent releases share: 40
@@ -258,7 +273,8 @@ pub struct ProbeSet {
     slots: HashMap<Probe, Slot>,
     multis: HashMap<u64, MultiLink>,
     next_multi: u64,
-    concurrency: usize,
+    /// Set by [`ProbeSet::concurrency`]; `None`: the CPUs available ([`default_concurrency`]).
+    concurrency: Option<usize>,
     auto_cookies: bool,
     progress: Arc<watch::Sender<Progress>>,
 }
@@ -275,14 +291,13 @@ impl ProbeSet {
     pub fn new(prog: impl AsFd) -> Result<ProbeSet, Error> {
         features::check_program(prog.as_fd())?;
         let prog = dup_program(prog.as_fd())?;
-        let concurrency = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
         Ok(ProbeSet {
             prog: Arc::new(prog),
             kind: None,
             slots: HashMap::new(),
             multis: HashMap::new(),
             next_multi: 0,
-            concurrency,
+            concurrency: None,
             auto_cookies: false,
             progress: Arc::new(watch::channel(Progress::default()).0),
         })
@@ -293,7 +308,7 @@ impl ProbeSet {
     /// rarely helps.
     #[must_use]
     pub fn concurrency(mut self, n: usize) -> ProbeSet {
-        self.concurrency = n.max(1);
+        self.concurrency = Some(n.max(1));
         self
     }
 
@@ -830,7 +845,11 @@ impl ProbeSet {
         let _stop = StopOnDrop(Arc::clone(&cancel));
         let done = Arc::new(AtomicUsize::new(0));
         let failed = Arc::new(AtomicUsize::new(0));
-        let tasks = split(fresh, self.concurrency).into_iter().map(|chunk| {
+        let concurrency = match self.concurrency {
+            Some(n) => n,
+            None => default_concurrency().await?,
+        };
+        let tasks = split(fresh, concurrency).into_iter().map(|chunk| {
             let prog = Arc::clone(&self.prog);
             let cancel = Arc::clone(&cancel);
             let progress = Arc::clone(&self.progress);
