@@ -73,7 +73,7 @@ pub fn svg(outcomes: &[Outcome], path: &Path) {
             x0: W + 40.0,
         },
     ];
-    let total_w = 2.0 * W + 40.0 + 170.0;
+    let total_w = 2.0 * W + 40.0 + 240.0;
     let total_h = H + TOP + 60.0;
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{total_w}\" height=\"{total_h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
