@@ -19,6 +19,7 @@
 //! after attach, and nothing may count after detach. Results go to `target/bench/`.
 
 mod churn;
+mod kprobes;
 mod peers;
 mod plot;
 mod tick;
@@ -393,40 +394,6 @@ fn libc_setup(fx: &Fixtures) -> (usize, Vec<u64>) {
     let text: String = offs.iter().map(|o| format!("{o}\n")).collect();
     std::fs::write(out_dir().join("libc_offsets.txt"), text).unwrap();
     (offs.len(), bad)
-}
-
-/// Globs of kernel functions for the kprobe runs, in order of preference: syscall entry points
-/// (`__x64_sys_getpid` is the one each run checks), the 32-bit ones (a 64-bit guest never calls
-/// them), then sysfs `show` functions. Few are called at all while a run is timed.
-const KPROBE_GLOBS: [&str; 4] = [
-    "__x64_sys_*",
-    "__ia32_sys_*",
-    "__ia32_compat_sys_*",
-    "*_show",
-];
-
-/// Chooses the kernel functions of the kprobe runs: `__x64_sys_getpid` first, then up to
-/// [`TARGET_FUNCTIONS`] in all from [`KPROBE_GLOBS`], found by `probeset::discovery` (traceable,
-/// not blacklisted, unique names, not in a module). Written to `kprobe_symbols.txt`.
-fn kprobe_setup() -> usize {
-    let mut names = vec!["__x64_sys_getpid".to_owned()];
-    let mut seen: std::collections::HashSet<String> = names.iter().cloned().collect();
-    for glob in KPROBE_GLOBS {
-        if names.len() >= TARGET_FUNCTIONS {
-            break;
-        }
-        let found = probeset::discovery::kernel_functions(glob).expect("kernel functions");
-        for f in found.functions {
-            if f.module.is_none() && seen.insert(f.name.clone()) {
-                names.push(f.name);
-            }
-        }
-    }
-    names.truncate(TARGET_FUNCTIONS);
-    let text: String = names.iter().map(|n| format!("{n}\n")).collect();
-    std::fs::create_dir_all(out_dir()).unwrap();
-    std::fs::write(out_dir().join("kprobe_symbols.txt"), text).unwrap();
-    names.len()
 }
 
 /// Uprobes: runs the target once (each `f_i` called once). Kprobes: calls `getpid`
@@ -924,43 +891,6 @@ fn bpftrace(fx: &Fixtures, kind: Kind, size: Size, runs: usize) -> Outcome {
     o
 }
 
-/// The kprobe matrix (in the VM, under TCG: per-probe detach is ~50 ms a probe there, so
-/// n = 1000 per probe runs once): (configuration, size, runs). bpftrace when the VM has it.
-fn kprobe_matrix(quick: bool, bpftrace: bool) -> Vec<(Config, Size, usize)> {
-    let multis = [Config::ProbesetMulti, Config::RawMulti, Config::LibbpfMulti];
-    let mut singles = vec![
-        Config::ProbesetSet,
-        Config::ProbesetLinks,
-        Config::RawPerf,
-        Config::LibbpfPerProbe,
-        Config::AyaPerProbe,
-    ];
-    if bpftrace {
-        singles.push(Config::Bpftrace);
-    }
-    let mut m = Vec::new();
-    if quick {
-        for c in multis {
-            m.push((c, Size::Target(1000), 2));
-        }
-        for c in singles {
-            m.push((c, Size::Target(10), 1));
-        }
-    } else {
-        for c in multis {
-            for n in [10, 100, 1000] {
-                m.push((c, Size::Target(n), 5));
-            }
-        }
-        for c in singles {
-            m.push((c, Size::Target(10), 3));
-            m.push((c, Size::Target(100), 3));
-            m.push((c, Size::Target(1000), 1));
-        }
-    }
-    m
-}
-
 /// The uprobe matrix: (configuration, size, runs).
 fn matrix(quick: bool) -> Vec<(Config, Size, usize)> {
     let mut m = Vec::new();
@@ -1361,7 +1291,7 @@ fn run_matrix(
         };
         let line = report(std::slice::from_ref(&o));
         eprint!("  [{:>6.1} s] {line}", t.elapsed().as_secs_f64());
-        if in_vm() {
+        if kprobes::in_vm() {
             println!("{}", o.to_line());
         }
         std::io::stderr().flush().unwrap();
@@ -1369,82 +1299,6 @@ fn run_matrix(
         outcomes.push(o);
     }
     outcomes
-}
-
-/// `--kprobes`: the kprobe part, on a kernel with kprobes (the VM).
-fn kprobes(quick: bool, only: Option<&str>) -> bool {
-    if !Path::new("/sys/bus/event_source/devices/kprobe/type").exists() {
-        eprintln!(
-            "probeset-bench: this kernel has no kprobes; `cargo xtask bench` runs this part in the 6.12 VM"
-        );
-        return false;
-    }
-    let fx = setup_paths();
-    for kind_multi in [true, false] {
-        let obj = fx.object(Kind::Kprobe, kind_multi);
-        assert!(
-            obj.is_file(),
-            "{} missing: build the fixtures on the host first (`probeset-bench --setup`)",
-            obj.display()
-        );
-    }
-    let n = kprobe_setup();
-    eprintln!(
-        "probeset-bench: kprobes, {} mode; {n} kernel functions (first: __x64_sys_getpid); kernel {}",
-        if quick { "quick" } else { "full" },
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-    );
-    let bpftrace = Command::new("bpftrace")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !bpftrace {
-        eprintln!("probeset-bench: no bpftrace in this VM: measured without it");
-    }
-    let mut outcomes = run_matrix(&fx, Kind::Kprobe, kprobe_matrix(quick, bpftrace), only, 500);
-    if !quick && fx.target.is_file() && fx.obj_plain.is_file() {
-        // The same kernel's uprobes, to read the kprobe ratios against: how much does TCG
-        // compress multi-link vs per-probe on this kernel, next to the host's figures?
-        let calibration = vec![
-            (Config::ProbesetMulti, Size::Target(1000), 3),
-            (Config::AyaPerProbe, Size::Target(1000), 1),
-        ];
-        outcomes.extend(run_matrix(&fx, Kind::Uprobe, calibration, only, 500));
-    }
-    print!("{}", report(&outcomes));
-    !outcomes.is_empty() && outcomes.iter().all(|o| o.error.is_none())
-}
-
-/// Whether this runs in the VM tier's guest (`cargo xtask vm` sets `PROBESET_VM`).
-fn in_vm() -> bool {
-    std::env::var_os("PROBESET_VM").is_some()
-}
-
-/// `--kprobe-results LOG`: the host side of the kprobe part: the `OUTCOME` lines of the VM's
-/// console, written out as the uprobe results are (in `target/bench/kprobes/`).
-fn kprobe_results(log: &Path, quick: bool) -> bool {
-    let text = std::fs::read_to_string(log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
-    let outcomes: Vec<Outcome> = text.lines().filter_map(Outcome::from_line).collect();
-    if outcomes.is_empty() {
-        eprintln!(
-            "probeset-bench: no kprobe results in {} (see the VM's console above)",
-            log.display()
-        );
-        return false;
-    }
-    println!("{}", report(&outcomes));
-    let (kprobes, calibration): (Vec<Outcome>, Vec<Outcome>) = outcomes
-        .iter()
-        .cloned()
-        .partition(|o| o.kind == Kind::Kprobe);
-    let dir = out_dir().join("kprobes");
-    write_results(&kprobes, quick, &dir);
-    if !calibration.is_empty() {
-        std::fs::write(dir.join("uprobes_in_vm.md"), table(&calibration)).unwrap();
-    }
-    outcomes.iter().all(|o| o.error.is_none())
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard one, as tracing agents do: 1000 per-probe links
@@ -1471,7 +1325,7 @@ fn main() {
     };
     let only = value("--only");
     if let Some(log) = value("--kprobe-results") {
-        std::process::exit(if kprobe_results(Path::new(&log), quick) {
+        std::process::exit(if kprobes::kprobe_results(Path::new(&log), quick) {
             0
         } else {
             1
@@ -1488,7 +1342,7 @@ fn main() {
         return;
     }
     if args.iter().any(|a| a == "--kprobes") {
-        std::process::exit(if kprobes(quick, only.as_deref()) {
+        std::process::exit(if kprobes::kprobes(quick, only.as_deref()) {
             0
         } else {
             1
