@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::{can_run, exe, file_offset_of, functions, runtime};
 use futures::StreamExt;
 use probeset::counter::{Counter, Flavour};
-use probeset::{Change, LinkKind, Probe, ProbeSet, ProgramKind, Uprobe};
+use probeset::{Backend, Change, LinkKind, Probe, ProbeSet, ProgramKind, Uprobe};
 use rand::{Rng, SeedableRng};
 
 /// The probe on `functions()[i]`, with cookie `i`.
@@ -178,6 +178,35 @@ fn one_bad_probe_among_twenty_fails_the_batch_per_probe() {
         return;
     }
     runtime().block_on(all_or_nothing(Flavour::Plain, 220..240));
+}
+
+#[test]
+fn the_same_target_twice_goes_into_a_second_link() {
+    if !can_run("the_same_target_twice_goes_into_a_second_link") {
+        return;
+    }
+    runtime().block_on(async {
+        let counter = Counter::load(Flavour::UprobeMulti, 1000).unwrap();
+        let mut set = ProbeSet::new(&counter).unwrap();
+        // Probes that differ only in backend are two probes on one target: a multi link must
+        // not list a target twice, so the second of each goes into a second link.
+        let again = (320..325).map(|i| -> Probe {
+            Uprobe::at_offset(exe(), file_offset_of(functions()[i]))
+                .backend(Backend::Pmu)
+                .cookie(i as u64 + 10)
+                .into()
+        });
+        set.attach((320..325).map(probe).chain(again)).await.unwrap();
+        assert_eq!(set.len(), 10);
+        assert_eq!(set.link_count(), 2, "one link per round");
+        call_range(320..325, |_| 1);
+        let counts = counter.counts().unwrap();
+        for i in 320..325 {
+            assert_eq!(counts[i], 1, "function {i}, first link");
+            assert_eq!(counts[i + 10], 1, "function {i}, second link");
+        }
+        set.detach().await.unwrap();
+    });
 }
 
 #[test]
