@@ -196,7 +196,9 @@ fn the_same_target_twice_goes_into_a_second_link() {
                 .cookie(i as u64 + 10)
                 .into()
         });
-        set.attach((320..325).map(probe).chain(again)).await.unwrap();
+        set.attach((320..325).map(probe).chain(again))
+            .await
+            .unwrap();
         assert_eq!(set.len(), 10);
         assert_eq!(set.link_count(), 2, "one link per round");
         call_range(320..325, |_| 1);
