@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::apt::Apt;
 use crate::kernel::Spec;
-use crate::util::{cargo, display_command, err, target_dir, workspace_root, Context, Result};
+use crate::util::{self, cargo, err, status, target_dir, workspace_root, Result};
 use crate::vm;
 
 /// What the driver needs: clang for the peers' BPF object, gcc for the target program,
@@ -72,11 +72,7 @@ fn driver_path() -> PathBuf {
 fn run_driver(args: &[&str]) -> Result<bool> {
     let mut cmd = std::process::Command::new(driver_path());
     cmd.current_dir(workspace_root()).args(args);
-    eprintln!("xtask: $ {}", display_command(&cmd));
-    let status = cmd
-        .status()
-        .context(|| format!("cannot run `{}`", display_command(&cmd)))?;
-    Ok(status.success())
+    Ok(status(&mut cmd)?.success())
 }
 
 /// Installs what is missing, builds the driver, runs the uprobe part here and the kprobe part
@@ -91,13 +87,7 @@ pub fn run(args: &[String], apt: &mut Apt) -> Result<bool> {
         "--manifest-path",
         "bench/Cargo.toml",
     ]);
-    eprintln!("xtask: $ {}", display_command(&cmd));
-    let status = cmd
-        .status()
-        .context(|| format!("cannot run `{}`", display_command(&cmd)))?;
-    if !status.success() {
-        return Err(err(format!("`{}` failed: {status}", display_command(&cmd))));
-    }
+    util::run(&mut cmd)?;
     let driver_args: Vec<&str> = driver_args.iter().map(String::as_str).collect();
     let mut ok = true;
     if parts.uprobes {
