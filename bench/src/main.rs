@@ -574,11 +574,7 @@ impl Outcome {
     /// Median (attach, detach, total) of the runs of a phase group: "cold", or "warm"
     /// (which for per-probe configurations means their runs).
     pub fn medians(&self, cold: bool) -> Option<(f64, f64, f64)> {
-        let sel: Vec<&Run> = self
-            .runs
-            .iter()
-            .filter(|r| (r.phase == "cold") == cold)
-            .collect();
+        let sel: Vec<&Run> = self.runs_in(cold).collect();
         if sel.is_empty() || self.error.is_some() {
             return None;
         }
@@ -586,6 +582,24 @@ impl Outcome {
         let mut d: Vec<f64> = sel.iter().map(|r| ms(r.detach)).collect();
         let mut t: Vec<f64> = sel.iter().map(|r| ms(r.attach + r.detach)).collect();
         Some((median(&mut a), median(&mut d), median(&mut t)))
+    }
+
+    /// The runs of a phase group (see [`Outcome::medians`]).
+    fn runs_in(&self, cold: bool) -> impl Iterator<Item = &Run> {
+        self.runs
+            .iter()
+            .filter(move |r| (r.phase == "cold") == cold)
+    }
+
+    /// The name of a phase group: "cold", "warm" (multi links) or "run" (per probe).
+    fn phase(&self, cold: bool) -> &'static str {
+        if cold {
+            "cold"
+        } else if self.cfg.is_multi() {
+            "warm"
+        } else {
+            "run"
+        }
     }
 
     /// One line that carries the whole outcome from the VM to the host:
@@ -1018,10 +1032,7 @@ fn report(outcomes: &[Outcome]) -> String {
                     line,
                     " probes={} runs={} rss_kb={}",
                     o.probes,
-                    o.runs
-                        .iter()
-                        .filter(|r| (r.phase == "cold") == cold)
-                        .count(),
+                    o.runs_in(cold).count(),
                     o.hwm_kb
                 )
                 .unwrap();
@@ -1107,18 +1118,8 @@ fn write_results(outcomes: &[Outcome], quick: bool, dir: &Path) {
             let Some((a, d, t)) = o.medians(cold) else {
                 continue;
             };
-            let phase = if cold {
-                "cold"
-            } else if o.cfg.is_multi() {
-                "warm"
-            } else {
-                "run"
-            };
-            let runs = o
-                .runs
-                .iter()
-                .filter(|r| (r.phase == "cold") == cold)
-                .count();
+            let phase = o.phase(cold);
+            let runs = o.runs_in(cold).count();
             writeln!(
                 summary,
                 "{},{phase},{},{},{a:.4},{d:.4},{t:.4},{runs},{}",
@@ -1186,12 +1187,9 @@ fn table(outcomes: &[Outcome]) -> String {
             let Some((a, d, tot)) = o.medians(cold) else {
                 continue;
             };
-            let phase = if cold {
-                "cold"
-            } else if o.cfg.is_multi() {
-                "warm"
-            } else {
-                "-"
+            let phase = match o.phase(cold) {
+                "run" => "-",
+                p => p,
             };
             let ratio = |c: Config, cold: bool| {
                 by.get(&(o.size, c))
@@ -1203,11 +1201,7 @@ fn table(outcomes: &[Outcome]) -> String {
             } else {
                 Config::LibbpfPerProbe
             };
-            let runs = o
-                .runs
-                .iter()
-                .filter(|r| (r.phase == "cold") == cold)
-                .count();
+            let runs = o.runs_in(cold).count();
             writeln!(
                 t,
                 "| {} | {} | {phase} | {a:.2} | {d:.1} | {tot:.1} | {} | {} | {} | {} | {runs} | {:.1} |",
