@@ -56,7 +56,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::elf::{glob_match, ElfFunction, ElfSymbols};
-use crate::kprobe::is_valid_symbol;
+use crate::validate::is_valid_symbol;
 use crate::{blocking, Error, Kprobe, Uprobe};
 
 /// Where the kernel lists its symbols.
@@ -418,7 +418,7 @@ pub fn kernel_functions(glob: &str) -> Result<KernelMatches, Error> {
         }
         _ => Error::syscall("read", KALLSYMS, e),
     })?;
-    let filter = crate::tracefs::mount_point()
+    let filter = crate::tracefs::mount::mount_point()
         .and_then(|tracefs| read_optional(&tracefs.join("available_filter_functions")));
     let blacklist = read_optional(Path::new(KPROBE_BLACKLIST));
     Ok(kernel_functions_in(

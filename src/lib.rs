@@ -68,6 +68,7 @@ pub mod raw;
 mod sys;
 pub mod tracefs;
 mod uprobe;
+mod validate;
 
 pub use error::Error;
 pub use features::ProgramKind;

@@ -125,7 +125,7 @@ impl ProbeEvent {
         name_hint: &str,
         target: &str,
     ) -> Result<Result<ProbeEvent, io::Error>, Error> {
-        let root = super::require_mount()?;
+        let root = super::mount::require_mount()?;
         let events_file = root.join(kind.events_file());
         if !events_file.exists() {
             return Err(Error::not_supported(

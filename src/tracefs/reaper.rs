@@ -47,7 +47,7 @@ pub(crate) fn listed_events(text: &str) -> impl Iterator<Item = (&str, &str)> {
 /// Not-supported when tracefs is not mounted. Events that could not be removed are listed
 /// in [`Reaped::failed`], not returned as an error.
 pub fn reap_stale_blocking() -> Result<Reaped, Error> {
-    let root = super::require_mount()?;
+    let root = super::mount::require_mount()?;
     let mut reaped = Reaped::default();
     for file in ["kprobe_events", "uprobe_events"] {
         reap_file(&root.join(file), &mut reaped);
