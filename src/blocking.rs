@@ -2,7 +2,7 @@
 //! closing perf fds) on tokio's blocking pool, never on a runtime worker.
 
 use crate::cleanup::InFlight;
-use crate::Error;
+use crate::error::Error;
 
 /// Runs `f` on tokio's blocking pool and waits for it.
 ///

@@ -29,8 +29,8 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+use crate::error::Error;
 use crate::sys::bpf::{self, Insn};
-use crate::Error;
 
 /// `bpf_map_lookup_elem`.
 const HELPER_MAP_LOOKUP_ELEM: i32 = 1;

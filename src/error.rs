@@ -7,6 +7,9 @@
 //! [`Error::is_invalid_input`] and [`Error::is_permission_denied`].
 
 use std::io;
+use std::sync::Arc;
+
+use crate::probe::Probe;
 
 /// Everything that can go wrong while attaching or detaching a probe.
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +124,20 @@ pub enum Error {
         /// How many probes the batch had.
         total: usize,
         /// Each failed probe with its error.
-        failures: Vec<(crate::Probe, Error)>,
+        failures: Vec<(Probe, Error)>,
+    },
+
+    /// One probe of a group that failed as a whole: a multi link the kernel refused, a
+    /// rebuild that could not be made, a batch whose program could not be used. The group's
+    /// error is shared by every probe in it, with its kind and cause: the predicates answer
+    /// as the shared error does.
+    #[error("{probe}: failed with its group")]
+    Batch {
+        /// The probe, as text.
+        probe: String,
+        /// The group's error.
+        #[source]
+        source: Arc<Error>,
     },
 
     /// Several operations failed; the first is the source.
@@ -180,7 +196,7 @@ fn prog_type_name(t: u32) -> &'static str {
 }
 
 /// `: PROBE: ERROR; PROBE: ERROR; ...` for the first few failures of a batch.
-fn list_failures(failures: &[(crate::Probe, Error)]) -> String {
+fn list_failures(failures: &[(Probe, Error)]) -> String {
     use std::fmt::Write as _;
     const SHOWN: usize = 5;
     let mut s = String::new();
@@ -207,6 +223,7 @@ impl Error {
         match self {
             Error::NotSupported { .. } => true,
             Error::Many { first, .. } => first.is_not_supported(),
+            Error::Batch { source, .. } => source.is_not_supported(),
             Error::Probes { failures, .. } => {
                 failures.first().is_some_and(|(_, e)| e.is_not_supported())
             }
@@ -220,6 +237,7 @@ impl Error {
         match self {
             Error::NotFound { .. } => true,
             Error::Many { first, .. } => first.is_not_found(),
+            Error::Batch { source, .. } => source.is_not_found(),
             Error::Probes { failures, .. } => {
                 failures.first().is_some_and(|(_, e)| e.is_not_found())
             }
@@ -235,6 +253,7 @@ impl Error {
             | Error::NotBpfProgram { .. }
             | Error::WrongProgramType { .. } => true,
             Error::Many { first, .. } => first.is_invalid_input(),
+            Error::Batch { source, .. } => source.is_invalid_input(),
             Error::Probes { failures, .. } => {
                 failures.first().is_some_and(|(_, e)| e.is_invalid_input())
             }
@@ -248,6 +267,7 @@ impl Error {
         match self {
             Error::PermissionDenied { .. } => true,
             Error::Many { first, .. } => first.is_permission_denied(),
+            Error::Batch { source, .. } => source.is_permission_denied(),
             Error::Probes { failures, .. } => failures
                 .first()
                 .is_some_and(|(_, e)| e.is_permission_denied()),
@@ -267,6 +287,7 @@ impl Error {
                 source.as_ref().and_then(io::Error::raw_os_error)
             }
             Error::Many { first, .. } => first.raw_os_error(),
+            Error::Batch { source, .. } => source.raw_os_error(),
             Error::Probes { failures, .. } => failures.first().and_then(|(_, e)| e.raw_os_error()),
             _ => None,
         }
@@ -322,9 +343,8 @@ impl Error {
                 source,
             },
             Some(libc::EMFILE) => {
-                let limit =
-                    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-                        .map_or_else(|_| "its".to_owned(), |(soft, _)| soft.to_string());
+                let limit = crate::sys::nofile_soft_limit()
+                    .map_or_else(|| "its".to_owned(), |soft| soft.to_string());
                 Error::OutOfFileDescriptors {
                     call,
                     target,
@@ -353,8 +373,32 @@ impl Error {
     }
 
     /// The failed probes of a batch, or `None` when none failed.
-    pub(crate) fn probes(total: usize, failures: Vec<(crate::Probe, Error)>) -> Option<Error> {
+    pub(crate) fn probes(total: usize, failures: Vec<(Probe, Error)>) -> Option<Error> {
         (!failures.is_empty()).then_some(Error::Probes { total, failures })
+    }
+
+    /// `ENOTSUPP` from a uprobe registration: the kernel cannot probe the instruction at
+    /// that offset (a trap instruction such as `int3`). The same kind and message on every
+    /// path that can get this answer (the PMU, tracefs, a uprobe multi link).
+    pub(crate) fn unprobeable(what: impl Into<String>, source: io::Error) -> Error {
+        Error::not_supported(
+            what,
+            "the kernel cannot probe the instruction there (a trap instruction?)",
+            Some(source),
+        )
+    }
+
+    /// This error, shared by every probe of the group it stands for (see [`Error::Batch`]).
+    pub(crate) fn shared(self) -> Arc<Error> {
+        Arc::new(self)
+    }
+
+    /// One probe's copy of a group's error (see [`Error::Batch`]).
+    pub(crate) fn in_batch(probe: &Probe, group: &Arc<Error>) -> Error {
+        Error::Batch {
+            probe: probe.to_string(),
+            source: Arc::clone(group),
+        }
     }
 
     /// The hint of a not-supported error, or its whole message.
@@ -435,7 +479,7 @@ mod tests {
         let e = Error::probes(
             3,
             vec![(
-                crate::Kprobe::new("vfs_read").into(),
+                crate::kprobe::Kprobe::new("vfs_read").into(),
                 Error::syscall(
                     "perf_event_open",
                     "kprobe \"vfs_read\"",
@@ -450,6 +494,30 @@ mod tests {
                 "1 of 3 probes failed: perf_event_open failed for kprobe \"vfs_read\" ("
             ) && msg.contains("os error 16"),
             "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_shared_group_error_keeps_its_kind_and_cause() {
+        let group = Error::not_found(
+            "a uprobe multi link of 2 probes",
+            "",
+            Some(io::Error::from_raw_os_error(libc::EINVAL)),
+        )
+        .shared();
+        let p: Probe = crate::uprobe::Uprobe::new("/bin/x", "f").into();
+        let e = Error::in_batch(&p, &group);
+        assert!(e.is_not_found());
+        assert!(!e.is_invalid_input());
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+        assert_eq!(
+            e.to_string(),
+            "uprobe \"/bin/x\":\"f\": failed with its group"
+        );
+        let listed = Error::probes(2, vec![(p, e)]).unwrap().to_string();
+        assert!(
+            listed.contains("failed with its group (a uprobe multi link of 2 probes not found)"),
+            "{listed}"
         );
     }
 

@@ -50,32 +50,44 @@
 //! ([`tracefs::reap_stale`]). PMU probes and multi links die with their fds.
 #![deny(unsafe_code)]
 
+// The facade: the module list and the public names. Nothing inside the crate imports
+// through it; each module imports from the module that defines a name. The floors, each
+// looking only down: values (`backend`, `kprobe`, `uprobe`, `probe`), `error`, kernel
+// mechanics (`sys`, `pmu`, `program`, `resolve`, `validate`, `elf`, `perf_event`,
+// `perf_link`, `multi_link`, `tracefs`, `link`, `cleanup`, `blocking`), and the front doors
+// (`attach`, `probe_set`). See docs/design.md.
+mod attach;
+mod backend;
 mod blocking;
 pub mod cleanup;
 pub mod counter;
 pub mod discovery;
 pub mod elf;
 pub mod error;
-mod features;
 mod kprobe;
 mod link;
+mod multi_link;
 mod perf_event;
+mod perf_link;
 mod pmu;
 mod probe;
 pub mod probe_set;
+mod program;
 #[doc(hidden)]
 pub mod raw;
+mod resolve;
 mod sys;
 pub mod tracefs;
 mod uprobe;
 mod validate;
 
+pub use backend::Backend;
 pub use error::Error;
-pub use features::ProgramKind;
 pub use kprobe::Kprobe;
 pub use link::{Link, LinkKind};
-pub use probe::{Backend, Probe};
-pub use probe_set::{Change, Outcome, ProbeSet, Progress};
+pub use probe::Probe;
+pub use probe_set::{Apply, Change, Outcome, ProbeSet, Progress};
+pub use program::ProgramKind;
 pub use uprobe::Uprobe;
 
 #[cfg(test)]

@@ -1,30 +1,7 @@
-//! What kind of probe, and how it is created: [`Probe`], [`Backend`].
+//! Either kind of probe: [`Probe`].
 
-use std::os::fd::AsFd;
-
-use crate::{Error, Kprobe, Link, Uprobe};
-
-/// How a probe for a perf-event link is created.
-///
-/// [`Backend::Auto`] is right for nearly everyone: the perf PMU (`perf_kprobe`,
-/// `perf_uprobe`, kernel 4.17+) first, which needs no tracefs and leaves nothing behind if
-/// the process dies; `kprobe_events`/`uprobe_events` in tracefs where the PMU is missing or
-/// rejects the symbol (as cilium/ebpf does). The other two force one path.
-///
-/// A program loaded for a multi link (`expected_attach_type` `kprobe_multi` or
-/// `uprobe_multi`) is attached through a multi link and creates no perf event; for it,
-/// [`Backend::Tracefs`] is an invalid-input error.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Backend {
-    /// The perf PMU first, tracefs as fallback.
-    #[default]
-    Auto,
-    /// Only the perf PMU (`/sys/bus/event_source/devices/{kprobe,uprobe}`).
-    Pmu,
-    /// Only tracefs (`kprobe_events`/`uprobe_events`); needs tracefs mounted.
-    Tracefs,
-}
+use crate::kprobe::Kprobe;
+use crate::uprobe::Uprobe;
 
 /// Kernel or user probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -67,6 +44,16 @@ impl ProbeKind {
 ///
 /// Two probes are equal when they would create the same kernel probe: same kind, target
 /// (symbol, or binary and offset), direction, pid and backend. The cookie is not part of it.
+///
+/// ```
+/// use probeset::{Kprobe, Probe, Uprobe};
+///
+/// let a: Probe = Uprobe::new("/bin/true", "main").cookie(1).into();
+/// let b: Probe = Uprobe::new("/bin/true", "main").cookie(2).into();
+/// assert_eq!(a, b, "the cookie is not part of a probe's identity");
+/// assert_ne!(a, Probe::from(Kprobe::new("main")));
+/// assert_eq!(a.to_string(), "uprobe \"/bin/true\":\"main\"");
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Probe {
     /// A kernel probe.
@@ -112,20 +99,6 @@ impl Probe {
         match self {
             Probe::Kprobe(k) => k.is_retprobe(),
             Probe::Uprobe(u) => u.is_retprobe(),
-        }
-    }
-
-    /// Attaches `prog` to this probe: [`Kprobe::attach`] or [`Uprobe::attach`].
-    ///
-    /// # Errors
-    /// As [`Kprobe::attach`] and [`Uprobe::attach`].
-    ///
-    /// # Cancel safety
-    /// Cancel safe: if the future is dropped, whatever it created is released.
-    pub async fn attach(self, prog: impl AsFd) -> Result<Link, Error> {
-        match self {
-            Probe::Kprobe(k) => k.attach(prog).await,
-            Probe::Uprobe(u) => u.attach(prog).await,
         }
     }
 }

@@ -7,7 +7,9 @@ use std::ffi::CStr;
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 
-use crate::sys::{bpf, perf};
+use crate::multi_link;
+use crate::perf_link;
+use crate::sys::perf;
 
 /// `perf_event_open` on a dynamic PMU: `name` in `config1`, `offset` in `config2`,
 /// system-wide (pid -1, cpu 0).
@@ -20,16 +22,16 @@ pub fn perf_probe_open(
     perf::open_probe(pmu_type, config, name, offset, None)
 }
 
-/// `BPF_LINK_CREATE` with `BPF_PERF_EVENT`.
+/// A BPF perf link (attach type `BPF_PERF_EVENT`) from `prog` to `perf_fd`.
 pub fn link_perf(
     prog: BorrowedFd<'_>,
     perf_fd: BorrowedFd<'_>,
     cookie: u64,
 ) -> io::Result<OwnedFd> {
-    bpf::link_create_perf(prog, Some(perf_fd), cookie)
+    perf_link::create_raw(prog, perf_fd, cookie)
 }
 
-/// `BPF_LINK_CREATE` with `BPF_TRACE_UPROBE_MULTI` (every process).
+/// A uprobe multi link (`BPF_TRACE_UPROBE_MULTI`) on `offsets` of `path`, every process.
 pub fn link_uprobe_multi(
     prog: BorrowedFd<'_>,
     path: &CStr,
@@ -37,24 +39,22 @@ pub fn link_uprobe_multi(
     cookies: &[u64],
     ret: bool,
 ) -> io::Result<OwnedFd> {
-    let flags = if ret { bpf::MULTI_RETURN } else { 0 };
-    bpf::link_create_uprobe_multi(prog, path, offsets, None, Some(cookies), flags, 0)
+    multi_link::create_uprobe_multi_raw(prog, path, offsets, cookies, ret)
 }
 
-/// `BPF_LINK_CREATE` with `BPF_TRACE_KPROBE_MULTI` on symbols.
+/// A kprobe multi link (`BPF_TRACE_KPROBE_MULTI`) on `syms`.
 pub fn link_kprobe_multi(
     prog: BorrowedFd<'_>,
     syms: &[&CStr],
     cookies: &[u64],
     ret: bool,
 ) -> io::Result<OwnedFd> {
-    let flags = if ret { bpf::MULTI_RETURN } else { 0 };
-    bpf::link_create_kprobe_multi(prog, syms, Some(cookies), flags)
+    multi_link::create_kprobe_multi_raw(prog, syms, cookies, ret)
 }
 
 /// Makes the crate behave as on a kernel without BPF perf links (before 5.15): programs go
 /// on perf events with `PERF_EVENT_IOC_SET_BPF`, and cookies are refused. For testing that
 /// path on a newer kernel; process-wide.
 pub fn force_perf_event_ioctl(on: bool) {
-    crate::features::FORCE_IOCTL.store(on, std::sync::atomic::Ordering::Relaxed);
+    perf_link::FORCE_IOCTL.store(on, std::sync::atomic::Ordering::Relaxed);
 }

@@ -1,4 +1,14 @@
-//! Everything that is checked before the kernel is asked.
+//! Everything that is checked before the kernel is asked: a malformed probe is
+//! [`Error::is_invalid_input`] even on a kernel that could not make it.
+
+use crate::backend::Backend;
+use crate::error::Error;
+use crate::kprobe::Kprobe;
+use crate::probe::Probe;
+use crate::uprobe::{Target, Uprobe};
+
+/// The largest `maxactive` the kernel accepts (`KRETPROBE_MAXACTIVE_MAX`).
+const MAXACTIVE_MAX: u32 = 4096;
 
 /// Whether `s` is a kernel symbol name as `/proc/kallsyms` lists them:
 /// `^[a-zA-Z_][0-9a-zA-Z_.]*$` (GCC's `.isra.0`/`.constprop.0` suffixes have dots).
@@ -10,9 +20,146 @@ pub(crate) fn is_valid_symbol(s: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
 }
 
+/// Checks a kprobe: symbol syntax, offset and `maxactive`.
+pub(crate) fn kprobe(k: &Kprobe) -> Result<(), Error> {
+    if k.symbol().is_empty() {
+        return Err(Error::invalid(
+            "kprobe symbol \"\"",
+            "the symbol is empty; name a kernel function",
+        ));
+    }
+    if !is_valid_symbol(k.symbol()) {
+        return Err(Error::invalid(
+            format!("kprobe symbol {:?}", k.symbol()),
+            "a kernel symbol matches ^[a-zA-Z_][0-9a-zA-Z_.]*$ (see /proc/kallsyms)",
+        ));
+    }
+    if k.is_retprobe() && k.offset_value() != 0 {
+        return Err(Error::invalid(
+            format!(
+                "offset {:#x} on kretprobe {:?}",
+                k.offset_value(),
+                k.symbol()
+            ),
+            "a return probe is placed at the function entry; remove the offset",
+        ));
+    }
+    if let Some(n) = k.maxactive_value() {
+        if !k.is_retprobe() {
+            return Err(Error::invalid(
+                format!("maxactive on kprobe {:?}", k.symbol()),
+                "maxactive applies to return probes only",
+            ));
+        }
+        if n == 0 || n > MAXACTIVE_MAX {
+            return Err(Error::invalid(
+                format!("maxactive {n} on kretprobe {:?}", k.symbol()),
+                "maxactive must be 1 to 4096",
+            ));
+        }
+        if k.backend_value() == Backend::Pmu {
+            return Err(Error::invalid(
+                format!("maxactive on kretprobe {:?} with Backend::Pmu", k.symbol()),
+                "the perf PMU cannot carry maxactive; use Backend::Auto or Backend::Tracefs",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a uprobe: path, symbol and pid.
+pub(crate) fn uprobe(u: &Uprobe) -> Result<(), Error> {
+    if u.binary().as_os_str().is_empty() {
+        return Err(Error::invalid(
+            "uprobe binary \"\"",
+            "the path is empty; name an ELF file",
+        ));
+    }
+    if u.binary().to_str().is_none_or(|s| s.contains('\0')) {
+        return Err(Error::invalid(
+            format!("uprobe binary {:?}", u.binary()),
+            "the path must be UTF-8 without NUL bytes",
+        ));
+    }
+    if let Target::Symbol(s) = u.target() {
+        if s.is_empty() {
+            return Err(Error::invalid(
+                format!("uprobe symbol \"\" in {:?}", u.binary()),
+                "the symbol is empty; name a function, or use Uprobe::at_offset",
+            ));
+        }
+        if s.contains('\0') {
+            return Err(Error::invalid(
+                format!("uprobe symbol {s:?}"),
+                "contains a NUL byte",
+            ));
+        }
+    }
+    if let Some(pid) = u.pid_value() {
+        if pid <= 0 {
+            return Err(Error::invalid(
+                format!("pid {pid} for {u}"),
+                "a pid filter must be a positive process id; leave it unset to probe every process",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks either kind of probe.
+pub(crate) fn probe(p: &Probe) -> Result<(), Error> {
+    match p {
+        Probe::Kprobe(k) => kprobe(k),
+        Probe::Uprobe(u) => uprobe(u),
+    }
+}
+
+/// A probe for a multi link: it needs no perf event, so [`Backend::Tracefs`] cannot apply;
+/// a kprobe multi link takes neither an offset nor `maxactive`.
+pub(crate) fn for_multi_link(p: &Probe) -> Result<(), Error> {
+    let backend = match p {
+        Probe::Kprobe(k) => k.backend_value(),
+        Probe::Uprobe(u) => u.backend_value(),
+    };
+    if backend == Backend::Tracefs {
+        return Err(Error::invalid(
+            format!("Backend::Tracefs for {p}"),
+            "the program was loaded for a multi link, which attaches without tracefs; use \
+             Backend::Auto",
+        ));
+    }
+    if let Probe::Kprobe(k) = p {
+        if k.offset_value() != 0 || k.maxactive_value().is_some() {
+            return Err(Error::invalid(
+                format!("{p} with a kprobe_multi program"),
+                "kprobe multi links take neither an offset nor maxactive; load a plain kprobe \
+                 program",
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Spells the checks as methods, so each test reads as the caller's builder chain.
+    trait Validate {
+        fn validate(&self) -> Result<(), Error>;
+    }
+
+    impl Validate for Kprobe {
+        fn validate(&self) -> Result<(), Error> {
+            kprobe(self)
+        }
+    }
+
+    impl Validate for Uprobe {
+        fn validate(&self) -> Result<(), Error> {
+            uprobe(self)
+        }
+    }
 
     #[test]
     fn symbols() {
@@ -28,5 +175,79 @@ mod tests {
         for bad in ["", "1abc", ".x", "a b", "a-b", "mod:sym", "a\0b", "é"] {
             assert!(!is_valid_symbol(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn kprobes() {
+        assert!(Kprobe::new("").validate().unwrap_err().is_invalid_input());
+        assert!(Kprobe::new("9x").validate().unwrap_err().is_invalid_input());
+        assert!(Kprobe::retprobe("f")
+            .offset(4)
+            .validate()
+            .unwrap_err()
+            .is_invalid_input());
+        assert!(Kprobe::new("f")
+            .maxactive(4)
+            .validate()
+            .unwrap_err()
+            .is_invalid_input());
+        assert!(Kprobe::retprobe("f")
+            .maxactive(0)
+            .validate()
+            .unwrap_err()
+            .is_invalid_input());
+        assert!(Kprobe::retprobe("f")
+            .maxactive(5000)
+            .validate()
+            .unwrap_err()
+            .is_invalid_input());
+        assert!(Kprobe::retprobe("f")
+            .maxactive(8)
+            .backend(Backend::Pmu)
+            .validate()
+            .unwrap_err()
+            .is_invalid_input());
+        Kprobe::retprobe("f").maxactive(8).validate().unwrap();
+        Kprobe::new("f.isra.0").offset(4).validate().unwrap();
+        let msg = Kprobe::new("a b").validate().unwrap_err().to_string();
+        assert!(msg.contains("\"a b\""), "{msg}");
+    }
+
+    #[test]
+    fn uprobes() {
+        assert!(Uprobe::new("", "f")
+            .validate()
+            .unwrap_err()
+            .is_invalid_input());
+        assert!(Uprobe::new("/bin/true", "")
+            .validate()
+            .unwrap_err()
+            .is_invalid_input());
+        assert!(Uprobe::new("/bin/true", "f")
+            .pid(0)
+            .validate()
+            .unwrap_err()
+            .is_invalid_input());
+        assert!(Uprobe::new("/bin/true", "f")
+            .pid(-3)
+            .validate()
+            .unwrap_err()
+            .is_invalid_input());
+        assert!(Uprobe::new("/bin/true", "a\0b")
+            .validate()
+            .unwrap_err()
+            .is_invalid_input());
+        Uprobe::at_offset("/bin/true", 0).validate().unwrap();
+        Uprobe::new("/bin/true", "main").pid(1).validate().unwrap();
+    }
+
+    #[test]
+    fn multi_links_take_no_tracefs_and_no_kprobe_offset() {
+        let tracefs: Probe = Uprobe::new("/bin/x", "f").backend(Backend::Tracefs).into();
+        assert!(for_multi_link(&tracefs).unwrap_err().is_invalid_input());
+        let off: Probe = Kprobe::new("f").offset(4).into();
+        assert!(for_multi_link(&off).unwrap_err().is_invalid_input());
+        for_multi_link(&Kprobe::new("f").into()).unwrap();
+        for_multi_link(&Uprobe::new("/bin/x", "f").pid(3).into()).unwrap();
     }
 }

@@ -36,11 +36,15 @@ pub(crate) struct Insn {
     pub imm: i32,
 }
 
-fn bpf<T>(cmd: libc::c_int, attr: &mut T) -> io::Result<libc::c_long> {
+/// `bpf(cmd, attr, sizeof(attr))`.
+///
+/// # Safety
+/// `attr` must be a `#[repr(C)]` struct laid out as the prefix of `union bpf_attr` that
+/// `cmd` reads, and every pointer inside it must point to memory that is valid (for reads,
+/// or for writes of the size the kernel is told) and stays alive until the call returns.
+unsafe fn bpf<T>(cmd: libc::c_int, attr: &mut T) -> io::Result<libc::c_long> {
     let size = u32::try_from(std::mem::size_of::<T>()).expect("bpf_attr fits in u32");
-    // SAFETY: `attr` is a valid, initialised prefix of `union bpf_attr` for `cmd` (a
-    // `#[repr(C)]` struct with the kernel's layout), `size` is its length, and every pointer
-    // inside it refers to memory the caller keeps alive for the duration of the call.
+    // SAFETY: the caller vouches for `attr` (see above); `size` is its length.
     let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size) };
     if ret < 0 {
         Err(io::Error::last_os_error())
@@ -49,11 +53,16 @@ fn bpf<T>(cmd: libc::c_int, attr: &mut T) -> io::Result<libc::c_long> {
     }
 }
 
-fn bpf_fd<T>(cmd: libc::c_int, attr: &mut T) -> io::Result<OwnedFd> {
-    let size = u32::try_from(std::mem::size_of::<T>()).expect("bpf_attr fits in u32");
-    // SAFETY: as in `bpf` above; the command returns a new fd on success.
-    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size) };
-    super::fd_result(ret)
+/// [`bpf`] for a command that returns a new file descriptor.
+///
+/// # Safety
+/// As for [`bpf`]; and `cmd` must be a command whose non-negative result is a new fd
+/// that nothing else owns.
+unsafe fn bpf_fd<T>(cmd: libc::c_int, attr: &mut T) -> io::Result<OwnedFd> {
+    // SAFETY: the caller's obligations are those of `bpf`.
+    let ret = unsafe { bpf(cmd, attr) }?;
+    // SAFETY: the caller vouches that `cmd` returns a new, unowned fd.
+    unsafe { super::owned_fd(ret) }
 }
 
 fn fd_u32(fd: BorrowedFd<'_>) -> u32 {
@@ -101,7 +110,9 @@ pub(crate) fn prog_info(prog: BorrowedFd<'_>) -> io::Result<ProgInfo> {
         info_len: u32::try_from(std::mem::size_of::<RawProgInfo>()).expect("small"),
         info: std::ptr::from_mut(&mut info) as u64,
     };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    // SAFETY: `attr` is the `info` member of `bpf_attr`; `info` points to `info_len`
+    // writable bytes that live until the end of this function.
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
     Ok(ProgInfo {
         prog_type: info.prog_type,
         id: info.id,
@@ -135,7 +146,9 @@ pub(crate) fn link_create_perf(
         flags: 0,
         tail: cookie,
     };
-    bpf_fd(BPF_LINK_CREATE, &mut attr)
+    // SAFETY: `attr` is the `link_create` member with the `perf_event` tail (no pointers);
+    // `BPF_LINK_CREATE` returns a new link fd.
+    unsafe { bpf_fd(BPF_LINK_CREATE, &mut attr) }
 }
 
 #[repr(C)]
@@ -172,8 +185,10 @@ pub(crate) fn link_create_kprobe_multi(
             cookies: cookies.map_or(0, |c| c.as_ptr() as u64),
         },
     };
-    // `ptrs`, `syms` and `cookies` outlive the call.
-    bpf_fd(BPF_LINK_CREATE, &mut attr)
+    // SAFETY: `attr` is the `link_create` member with the `kprobe_multi` tail; `syms` points
+    // to `cnt` pointers to NUL-terminated strings and `cookies` (if set) to `cnt` u64s, all
+    // borrowed (`ptrs`, `syms`, `cookies`) for the whole call. Returns a new link fd.
+    unsafe { bpf_fd(BPF_LINK_CREATE, &mut attr) }
 }
 
 #[repr(C)]
@@ -221,7 +236,10 @@ pub(crate) fn link_create_uprobe_multi(
             pad: 0,
         },
     };
-    bpf_fd(BPF_LINK_CREATE, &mut attr)
+    // SAFETY: `attr` is the `link_create` member with the `uprobe_multi` tail; `path` is a
+    // NUL-terminated string and `offsets`, `ref_ctr_offsets`, `cookies` point to `cnt` u64s
+    // each (lengths checked above), all borrowed for the whole call. Returns a new link fd.
+    unsafe { bpf_fd(BPF_LINK_CREATE, &mut attr) }
 }
 
 #[repr(C)]
@@ -260,7 +278,9 @@ pub(crate) fn map_create_array(
         numa_node: 0,
         map_name: object_name(name),
     };
-    bpf_fd(BPF_MAP_CREATE, &mut attr)
+    // SAFETY: `attr` is the `map_create` prefix of `bpf_attr` (no pointers); returns a new
+    // map fd.
+    unsafe { bpf_fd(BPF_MAP_CREATE, &mut attr) }
 }
 
 #[repr(C)]
@@ -281,7 +301,10 @@ pub(crate) fn map_lookup(map: BorrowedFd<'_>, key: u32, value: &mut [u8]) -> io:
         value: value.as_mut_ptr() as u64,
         flags: 0,
     };
-    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).map(drop)
+    // SAFETY: `key` points to a u32 and `value` to a writable buffer that must be the map's
+    // value size (this function's contract, checked by the kernel against the map); both
+    // live until the call returns.
+    unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) }.map(drop)
 }
 
 /// `BPF_MAP_UPDATE_ELEM` (`BPF_ANY`) of a u32 key with `value` (the map's value size).
@@ -293,7 +316,9 @@ pub(crate) fn map_update(map: BorrowedFd<'_>, key: u32, value: &[u8]) -> io::Res
         value: value.as_ptr() as u64,
         flags: 0,
     };
-    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+    // SAFETY: `key` points to a u32 and `value` to the caller's buffer, both alive until the
+    // call returns; the kernel only reads them.
+    unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }.map(drop)
 }
 
 #[repr(C)]
@@ -336,7 +361,10 @@ pub(crate) fn prog_load(
         prog_ifindex: 0,
         expected_attach_type,
     };
-    match bpf_fd(BPF_PROG_LOAD, &mut attr) {
+    // SAFETY: `attr` is the `prog_load` prefix of `bpf_attr`; `insns` points to `insn_cnt`
+    // instructions and `license` to a NUL-terminated string, both borrowed for the call; no
+    // log buffer yet. Returns a new program fd.
+    match unsafe { bpf_fd(BPF_PROG_LOAD, &mut attr) } {
         Ok(fd) => Ok(fd),
         Err(e)
             if e.raw_os_error() == Some(libc::EACCES) || e.raw_os_error() == Some(libc::EINVAL) =>
@@ -345,7 +373,8 @@ pub(crate) fn prog_load(
             attr.log_level = 1;
             attr.log_size = u32::try_from(log.len()).expect("small");
             attr.log_buf = log.as_mut_ptr() as u64;
-            match bpf_fd(BPF_PROG_LOAD, &mut attr) {
+            // SAFETY: as above, and `log_buf` points to `log_size` writable bytes (`log`).
+            match unsafe { bpf_fd(BPF_PROG_LOAD, &mut attr) } {
                 Ok(fd) => Ok(fd),
                 Err(again) => {
                     let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());

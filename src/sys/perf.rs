@@ -44,10 +44,16 @@ fn pid_cpu(pid: Option<i32>) -> (libc::pid_t, libc::c_int) {
     }
 }
 
-fn perf_event_open(attr: &PerfEventAttr, pid: Option<i32>) -> io::Result<OwnedFd> {
+/// `perf_event_open(attr, pid, cpu, -1, PERF_FLAG_FD_CLOEXEC)`.
+///
+/// # Safety
+/// When `attr.type_` is a dynamic PMU that reads `config1` as a pointer (`kprobe`,
+/// `uprobe`), `config1` must point to a NUL-terminated string that stays alive until the
+/// call returns.
+unsafe fn perf_event_open(attr: &PerfEventAttr, pid: Option<i32>) -> io::Result<OwnedFd> {
     let (pid, cpu) = pid_cpu(pid);
-    // SAFETY: `attr` is a valid, initialised `perf_event_attr` whose `size` field matches its
-    // length; any pointers in `config1` point to data the caller keeps alive across the call.
+    // SAFETY: `attr` is an initialised `perf_event_attr` whose `size` field matches its
+    // length; the caller vouches for the pointer in `config1`.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_perf_event_open,
@@ -58,7 +64,8 @@ fn perf_event_open(attr: &PerfEventAttr, pid: Option<i32>) -> io::Result<OwnedFd
             PERF_FLAG_FD_CLOEXEC,
         )
     };
-    super::fd_result(ret)
+    // SAFETY: a non-negative result of perf_event_open is a new fd nothing else owns.
+    unsafe { super::owned_fd(ret) }
 }
 
 /// Opens a perf event on a dynamic PMU (`kprobe` or `uprobe`).
@@ -82,8 +89,9 @@ pub(crate) fn open_probe(
         config2: offset,
         ..PerfEventAttr::default()
     };
-    // `name` outlives the call: it is borrowed for this whole function.
-    perf_event_open(&attr, pid)
+    // SAFETY: `config1` points to `name`, a NUL-terminated string borrowed for this whole
+    // function.
+    unsafe { perf_event_open(&attr, pid) }
 }
 
 /// Opens a perf event on a tracepoint (a tracefs probe event) by its id.
@@ -99,7 +107,8 @@ pub(crate) fn open_tracepoint(id: u64, pid: Option<i32>) -> io::Result<OwnedFd> 
         wakeup_events: 1,
         ..PerfEventAttr::default()
     };
-    perf_event_open(&attr, pid)
+    // SAFETY: a tracepoint event carries no pointers.
+    unsafe { perf_event_open(&attr, pid) }
 }
 
 nix::ioctl_none!(perf_ioc_enable, b'$', 0);

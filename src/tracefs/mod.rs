@@ -1,5 +1,10 @@
 //! tracefs: where it is mounted, and the `kprobe_events`/`uprobe_events` probe events this
-//! crate creates there.
+//! crate creates there. Every byte the crate writes to tracefs is written here.
+//!
+//! `mount` finds the mount; `events` is the leaf that reads and appends the `*_events`
+//! files (with the one `EBUSY` retry loop); `probe_event` creates one event and removes it
+//! again (a guard); `reaper` removes the events of dead owners. The module knows nothing of
+//! BPF links.
 //!
 //! Only the tracefs backend ([`Backend::Tracefs`](crate::Backend::Tracefs), and
 //! [`Backend::Auto`](crate::Backend::Auto) when the perf PMU is missing) needs tracefs. The
@@ -17,11 +22,11 @@
 //! # Ok(()) }
 //! ```
 
-mod event;
+mod events;
 pub(crate) mod mount;
+pub(crate) mod probe_event;
 mod reaper;
 
-pub(crate) use event::ProbeEvent;
-pub use event::GROUP_PREFIX;
+pub use events::GROUP_PREFIX;
 pub use mount::mount_point;
 pub use reaper::{reap_stale, reap_stale_blocking, Reaped};

@@ -3,14 +3,9 @@
 
 use std::path::Path;
 use std::sync::Once;
-use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::sys::signal::kill;
-use nix::unistd::Pid;
-
-use super::event::{group_owner, write_events};
-use crate::Error;
+use super::events::{self, group_owner, listed_events, BUSY_RETRY};
+use crate::error::Error;
 
 /// What [`reap_stale`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -20,20 +15,6 @@ pub struct Reaped {
     pub removed: Vec<String>,
     /// Stale events that could not be removed, as `group/event`, with the reason.
     pub failed: Vec<(String, String)>,
-}
-
-/// Whether process `pid` is gone: `kill(pid, 0)` gives `ESRCH`. A process we may not signal
-/// (`EPERM`) exists.
-fn is_dead(pid: i32) -> bool {
-    pid > 0 && kill(Pid::from_raw(pid), None) == Err(Errno::ESRCH)
-}
-
-/// The `group/event` names in an events file's text, with their groups.
-pub(crate) fn listed_events(text: &str) -> impl Iterator<Item = (&str, &str)> {
-    text.lines().filter_map(|line| {
-        let name = line.split_whitespace().next()?.split_once(':')?.1;
-        name.split_once('/')
-    })
 }
 
 /// Removes every probe event in `kprobe_events` and `uprobe_events` whose group is
@@ -59,31 +40,18 @@ fn reap_file(path: &Path, reaped: &mut Reaped) {
     let Ok(text) = std::fs::read_to_string(path) else {
         return;
     };
-    let mut pending: Vec<(String, String)> = listed_events(&text)
-        .filter(|(group, _)| group_owner(group).is_some_and(is_dead))
-        .map(|(g, e)| (g.to_string(), e.to_string()))
+    let stale: Vec<(&str, &str)> = listed_events(&text)
+        .filter(|(group, _)| group_owner(group).is_some_and(crate::sys::process_is_gone))
         .collect();
-    let deadline = Instant::now() + super::event::BUSY_RETRY;
-    while !pending.is_empty() {
-        let mut busy = Vec::new();
-        for (group, event) in pending {
-            let name = format!("{group}/{event}");
-            match write_events(path, &format!("-:{name}")) {
-                Ok(()) => reaped.removed.push(name),
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
-                    busy.push((group, event));
-                }
-                Err(e) => reaped.failed.push((name, e.to_string())),
+    for ((group, event), result) in stale.iter().zip(events::remove(path, &stale, BUSY_RETRY)) {
+        let name = format!("{group}/{event}");
+        match result {
+            Ok(()) => {
+                tracing::info!(event = %name, "removed stale tracefs probe event of a dead process");
+                reaped.removed.push(name);
             }
+            Err(e) => reaped.failed.push((name, e.to_string())),
         }
-        if !busy.is_empty() {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        pending = busy;
-    }
-    for name in &reaped.removed {
-        tracing::info!(event = %name, "removed stale tracefs probe event of a dead process");
     }
 }
 
@@ -109,25 +77,4 @@ pub(crate) fn ensure_ran() {
         Ok(_) => {}
         Err(e) => tracing::debug!(error = %e, "stale-event reaper did not run"),
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_event_lines() {
-        let text = "p:probeset_1_ab/f /bin/x:0x10\nr16:kprobes/g do_sys_open\n\ngarbage\n";
-        let v: Vec<_> = listed_events(text).collect();
-        assert_eq!(v, vec![("probeset_1_ab", "f"), ("kprobes", "g")]);
-    }
-
-    #[test]
-    fn liveness() {
-        assert!(!is_dead(i32::try_from(std::process::id()).unwrap()));
-        assert!(!is_dead(1));
-        assert!(!is_dead(0));
-        // pid_max is at most 2^22.
-        assert!(is_dead(4_194_304 + 7));
-    }
 }

@@ -1,0 +1,198 @@
+//! The program being attached: is this fd a `BPF_PROG_TYPE_KPROBE` program, and which kind
+//! ([`ProgramKind`]), found by behaviour and cached per program id.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::{Mutex, OnceLock, PoisonError};
+
+use crate::error::Error;
+use crate::multi_link;
+use crate::perf_link;
+use crate::probe::Probe;
+use crate::sys::bpf;
+
+/// How a `BPF_PROG_TYPE_KPROBE` program can be attached, which is fixed by the
+/// `expected_attach_type` it was loaded with. The kernel does not report that attach type
+/// (`bpf_prog_info` lacks it), so it is found by behaviour.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), probeset::Error> {
+/// use probeset::counter::{Counter, Flavour};
+/// use probeset::{ProbeSet, ProgramKind, Uprobe};
+///
+/// let counter = Counter::load(Flavour::UprobeMulti, 16)?;
+/// let mut set = ProbeSet::new(&counter)?;
+/// set.insert(Uprobe::new("/lib/x86_64-linux-gnu/libc.so.6", "getpid")).await?;
+/// // Known once the set has attached something; UprobeMulti on 6.6+, Plain before.
+/// assert!(matches!(set.program_kind(), Some(ProgramKind::UprobeMulti | ProgramKind::Plain)));
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProgramKind {
+    /// A plain kprobe/uprobe program: goes on perf events (one link per probe).
+    Plain,
+    /// Loaded for `BPF_TRACE_UPROBE_MULTI`: only uprobe multi links take it.
+    UprobeMulti,
+    /// Loaded for `BPF_TRACE_KPROBE_MULTI`: only kprobe multi links take it.
+    KprobeMulti,
+    /// Loaded for a multi link this kernel cannot create (for example `kprobe_multi`
+    /// without `CONFIG_FPROBE`), or for a session link.
+    UnsupportedMulti,
+}
+
+impl ProgramKind {
+    /// Whether the program goes on multi links.
+    pub(crate) fn is_multi(self) -> bool {
+        matches!(self, ProgramKind::UprobeMulti | ProgramKind::KprobeMulti)
+    }
+
+    /// The error for `probe` when a program of this kind cannot attach it, or `None` when
+    /// it can. The one place that says which program takes which probe.
+    pub(crate) fn refuse(self, probe: &Probe) -> Option<Error> {
+        match (self, probe) {
+            (ProgramKind::Plain, _)
+            | (ProgramKind::UprobeMulti, Probe::Uprobe(_))
+            | (ProgramKind::KprobeMulti, Probe::Kprobe(_)) => None,
+            (ProgramKind::UprobeMulti, Probe::Kprobe(_)) => Some(Error::invalid(
+                format!("program for {probe}"),
+                "the program was loaded for uprobe_multi and cannot attach kprobes; load a \
+                 kprobe program",
+            )),
+            (ProgramKind::KprobeMulti, Probe::Uprobe(_)) => Some(Error::invalid(
+                format!("program for {probe}"),
+                "the program was loaded for kprobe_multi and cannot attach uprobes; load a \
+                 uprobe program",
+            )),
+            (ProgramKind::UnsupportedMulti, _) => Some(Error::not_supported(
+                format!("multi links for {probe}"),
+                "the program was loaded for a multi link this kernel cannot create \
+                 (kprobe_multi needs 5.18+ with CONFIG_FPROBE, uprobe_multi 6.6+); load it as \
+                 a plain kprobe/uprobe program",
+                None,
+            )),
+        }
+    }
+}
+
+/// Duplicates the caller's program fd so the blocking pool can own it.
+///
+/// # Errors
+/// Invalid input for an fd that is not open.
+pub(crate) fn dup(prog: BorrowedFd<'_>) -> Result<OwnedFd, Error> {
+    prog.try_clone_to_owned()
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EBADF) => Error::NotBpfProgram {
+                what: "it is not an open fd".to_string(),
+                source: e,
+            },
+            _ => Error::syscall("fcntl(F_DUPFD_CLOEXEC)", "the program fd", e),
+        })
+}
+
+/// Checks that `prog` is a `BPF_PROG_TYPE_KPROBE` program (two quick syscalls).
+///
+/// # Errors
+/// Invalid input when the fd is not a BPF program or not a kprobe program.
+pub(crate) fn check(prog: BorrowedFd<'_>) -> Result<bpf::ProgInfo, Error> {
+    // BPF_OBJ_GET_INFO_BY_FD answers for maps and links too (with their own info layout),
+    // so first make sure the fd is a program.
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", prog.as_raw_fd()));
+    if let Ok(target) = link {
+        if target.as_os_str() != "anon_inode:bpf-prog" {
+            return Err(Error::NotBpfProgram {
+                what: format!("it is {}", target.display()),
+                source: std::io::Error::from_raw_os_error(libc::EINVAL),
+            });
+        }
+    }
+    let info = bpf::prog_info(prog).map_err(|e| match e.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => {
+            Error::syscall("BPF_OBJ_GET_INFO_BY_FD", "the program fd", e)
+        }
+        _ => Error::NotBpfProgram {
+            what: "BPF_OBJ_GET_INFO_BY_FD refused it".to_string(),
+            source: e,
+        },
+    })?;
+    if info.prog_type != bpf::BPF_PROG_TYPE_KPROBE {
+        return Err(Error::WrongProgramType {
+            found: info.prog_type,
+        });
+    }
+    Ok(info)
+}
+
+/// Checks that `prog` is a `BPF_PROG_TYPE_KPROBE` program and finds out how it attaches.
+/// Cached per program id.
+///
+/// # Errors
+/// Invalid input when the fd is not a BPF program or not a kprobe program.
+pub(crate) fn kind(prog: BorrowedFd<'_>) -> Result<ProgramKind, Error> {
+    static CACHE: OnceLock<Mutex<HashMap<u32, ProgramKind>>> = OnceLock::new();
+    let info = check(prog)?;
+    let cache = CACHE.get_or_init(Mutex::default);
+    if let Some(kind) = cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&info.id)
+    {
+        return Ok(*kind);
+    }
+    let kind = classify(prog)?;
+    cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(info.id, kind);
+    Ok(kind)
+}
+
+fn classify(prog: BorrowedFd<'_>) -> Result<ProgramKind, Error> {
+    if perf_link::takes_program(prog)? {
+        return Ok(ProgramKind::Plain);
+    }
+    if !perf_link::kernel_has_perf_links() {
+        // A kernel without perf links has no multi links either: the program is plain.
+        return Ok(ProgramKind::Plain);
+    }
+    // A uprobe_multi program passes the attach-type checks and fails at the path lookup
+    // (ENOENT); any other program fails with EINVAL first.
+    match multi_link::probe_uprobe_multi(prog) {
+        Some(libc::EINVAL | libc::EOPNOTSUPP) => {}
+        _ => return Ok(ProgramKind::UprobeMulti),
+    }
+    // Likewise a kprobe_multi program fails at the symbol lookup; EOPNOTSUPP means the
+    // kernel cannot make kprobe multi links at all (no CONFIG_FPROBE).
+    match multi_link::probe_kprobe_multi(prog) {
+        Some(libc::EINVAL | libc::EOPNOTSUPP) => Ok(ProgramKind::UnsupportedMulti),
+        _ => Ok(ProgramKind::KprobeMulti),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kprobe::Kprobe;
+    use crate::uprobe::Uprobe;
+
+    #[test]
+    fn which_program_takes_which_probe() {
+        let k: Probe = Kprobe::new("vfs_read").into();
+        let u: Probe = Uprobe::new("/bin/true", "main").into();
+        assert!(ProgramKind::Plain.refuse(&k).is_none());
+        assert!(ProgramKind::Plain.refuse(&u).is_none());
+        assert!(ProgramKind::UprobeMulti.refuse(&u).is_none());
+        assert!(ProgramKind::KprobeMulti.refuse(&k).is_none());
+        assert!(ProgramKind::UprobeMulti
+            .refuse(&k)
+            .unwrap()
+            .is_invalid_input());
+        let e = ProgramKind::KprobeMulti.refuse(&u).unwrap();
+        assert!(e.is_invalid_input());
+        assert!(e.to_string().contains("kprobe_multi"), "{e}");
+        assert!(ProgramKind::UnsupportedMulti
+            .refuse(&k)
+            .unwrap()
+            .is_not_supported());
+    }
+}

@@ -1,0 +1,137 @@
+//! The `kprobe_events`/`uprobe_events` files themselves: the lines they list, appending a
+//! line, removing events with the one `EBUSY` retry loop, and the crate's group names.
+//! The leaf the probe-event guard and the reaper both build on.
+
+use std::fs::OpenOptions;
+use std::io::{self, Write as _};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The prefix of every tracefs group this crate creates: `probeset_<pid>_<random hex>`.
+pub const GROUP_PREFIX: &str = "probeset_";
+
+/// The kernel's limit on group and event names (`MAX_EVENT_NAME_LEN` 64, with the NUL).
+pub(crate) const MAX_NAME_LEN: usize = 63;
+
+/// How long a removal that the kernel answers with `EBUSY` is retried. Right after the last
+/// perf fd of an event is closed (or its owner was killed) removal fails with `EBUSY` for a
+/// while (~250 ms measured here).
+pub(crate) const BUSY_RETRY: Duration = Duration::from_secs(3);
+
+/// A fresh group name for this process: `probeset_<pid>_<16 random hex digits>`.
+pub(crate) fn new_group() -> String {
+    let group = format!(
+        "{GROUP_PREFIX}{}_{:016x}",
+        std::process::id(),
+        crate::sys::random_u64()
+    );
+    debug_assert!(group.len() <= MAX_NAME_LEN);
+    group
+}
+
+/// The owner pid of a group this crate created, or `None` for anyone else's group.
+pub(crate) fn group_owner(group: &str) -> Option<i32> {
+    let rest = group.strip_prefix(GROUP_PREFIX)?;
+    let (pid, hex) = rest.split_once('_')?;
+    if pid.is_empty()
+        || !pid.bytes().all(|b| b.is_ascii_digit())
+        || hex.is_empty()
+        || !hex.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// The `(group, event)` names in an events file's text.
+pub(crate) fn listed_events(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    text.lines().filter_map(|line| {
+        let name = line.split_whitespace().next()?.split_once(':')?.1;
+        name.split_once('/')
+    })
+}
+
+/// Appends one line to a `*_events` file (never truncating it: that would delete every
+/// probe event on the machine).
+pub(crate) fn append(path: &Path, line: &str) -> io::Result<()> {
+    let mut f = OpenOptions::new().append(true).open(path)?;
+    f.write_all(line.as_bytes())
+}
+
+/// Removes `GROUP/EVENT` for each of `events` (writes `-:GROUP/EVENT`), retrying those the
+/// kernel answers with `EBUSY` in rounds for up to `patience`. An event that is already
+/// gone (`ENOENT`) counts as removed. One result per event, in order.
+pub(crate) fn remove(
+    path: &Path,
+    events: &[(&str, &str)],
+    patience: Duration,
+) -> Vec<io::Result<()>> {
+    let deadline = Instant::now() + patience;
+    let mut results: Vec<Option<io::Result<()>>> = events.iter().map(|_| None).collect();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let mut busy = false;
+        for (slot, (group, event)) in results.iter_mut().zip(events) {
+            if slot.is_some() {
+                continue;
+            }
+            match append(path, &format!("-:{group}/{event}")) {
+                Ok(()) => *slot = Some(Ok(())),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => *slot = Some(Ok(())),
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                    busy = true;
+                }
+                Err(e) => *slot = Some(Err(e)),
+            }
+        }
+        if !busy {
+            break;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+    results
+        .into_iter()
+        .map(|r| r.expect("every event has a result once no event is busy"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_are_ours_and_parse_back() {
+        let g = new_group();
+        assert!(g.starts_with(&format!("probeset_{}_", std::process::id())));
+        assert!(g.len() <= MAX_NAME_LEN);
+        assert_eq!(
+            group_owner(&g),
+            Some(i32::try_from(std::process::id()).unwrap())
+        );
+        assert_ne!(new_group(), g, "groups are random");
+        assert_eq!(group_owner("probeset_12_ab"), Some(12));
+        assert_eq!(group_owner("probeset_12"), None);
+        assert_eq!(group_owner("probeset_x_ab"), None);
+        assert_eq!(group_owner("probeset_12_xyz"), None);
+        assert_eq!(group_owner("ebpf_12_ab"), None);
+    }
+
+    #[test]
+    fn parses_event_lines() {
+        let text = "p:probeset_1_ab/f /bin/x:0x10\nr16:kprobes/g do_sys_open\n\ngarbage\n";
+        let v: Vec<_> = listed_events(text).collect();
+        assert_eq!(v, vec![("probeset_1_ab", "f"), ("kprobes", "g")]);
+    }
+
+    #[test]
+    fn removal_results_line_up() {
+        // A plain file stands in for the events file: every removal line is appended.
+        let path = std::env::temp_dir().join(format!("probeset-events-{}", std::process::id()));
+        std::fs::write(&path, "").unwrap();
+        let r = remove(&path, &[("g", "a"), ("g", "b")], Duration::ZERO);
+        assert!(r.iter().all(Result::is_ok));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "-:g/a-:g/b");
+        std::fs::remove_file(&path).unwrap();
+    }
+}

@@ -1,0 +1,326 @@
+//! One probe event in `kprobe_events`/`uprobe_events`: the text written to create it, the
+//! errno map of that write, and the guard that removes it again.
+
+use std::fmt::Write as _;
+use std::io;
+use std::path::PathBuf;
+
+use super::events::{self, BUSY_RETRY, MAX_NAME_LEN};
+use crate::error::Error;
+use crate::probe::ProbeKind;
+
+/// What a probe event is created for.
+#[derive(Debug)]
+pub(crate) struct EventSpec<'a> {
+    pub kind: ProbeKind,
+    pub ret: bool,
+    pub maxactive: Option<u32>,
+    /// The kernel symbol, or the binary's path.
+    pub name: &'a str,
+    /// Offset into the symbol, or file offset into the binary.
+    pub offset: u64,
+    pub ref_ctr_offset: u64,
+    /// The symbol (or offset) to name the event after.
+    pub event_hint: &'a str,
+    /// How to name the probe in messages, e.g. `kprobe "vfs_read"+0x4`.
+    pub display: &'a str,
+}
+
+/// An event name the kernel accepts (`[A-Za-z_][A-Za-z0-9_]*`, at most 63 bytes) made from
+/// `hint`: other bytes become `_`, a leading digit gets a `_` in front, and a name that is
+/// too long is cut and ends in a hash of the whole hint, so distinct long hints stay
+/// distinct.
+pub(crate) fn event_name(hint: &str) -> String {
+    let mut name: String = hint
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() || name.as_bytes()[0].is_ascii_digit() {
+        name.insert(0, '_');
+    }
+    if name.len() > MAX_NAME_LEN {
+        name.truncate(MAX_NAME_LEN - 17);
+        let _ = write!(name, "_{:016x}", fnv1a(hint.as_bytes()));
+    }
+    name
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The target token of a probe line: `SYM[+OFFS]` or `PATH:0xOFF[(0xREFCTR)]`.
+///
+/// # Errors
+/// Invalid input for a path tracefs would misread (white space splits the line).
+pub(crate) fn target(spec: &EventSpec<'_>) -> Result<String, Error> {
+    Ok(match spec.kind {
+        ProbeKind::Kprobe if spec.offset == 0 => spec.name.to_string(),
+        ProbeKind::Kprobe => format!("{}+{:#x}", spec.name, spec.offset),
+        ProbeKind::Uprobe => {
+            if spec.name.chars().any(char::is_whitespace) {
+                return Err(Error::invalid(
+                    format!("binary path {:?}", spec.name),
+                    "tracefs cannot take a path with white space; use the PMU backend",
+                ));
+            }
+            let mut t = format!("{}:{:#x}", spec.name, spec.offset);
+            if spec.ref_ctr_offset != 0 {
+                let _ = write!(t, "({:#x})", spec.ref_ctr_offset);
+            }
+            t
+        }
+    })
+}
+
+/// The line that creates a probe event (see the kernel's `kprobetrace.rst` and
+/// `uprobetracer.rst`): `p:GRP/EV TARGET` or `r[MAXACTIVE]:GRP/EV TARGET`.
+pub(crate) fn create_line(
+    ret: bool,
+    maxactive: Option<u32>,
+    group: &str,
+    event: &str,
+    target: &str,
+) -> String {
+    let kind = match (ret, maxactive) {
+        (false, _) => "p".to_string(),
+        (true, None) => "r".to_string(),
+        (true, Some(n)) => format!("r{n}"),
+    };
+    format!("{kind}:{group}/{event} {target}")
+}
+
+/// Maps the errno of the write that creates a probe event.
+fn write_error(spec: &EventSpec<'_>, e: io::Error) -> Error {
+    let what = spec.display.to_string();
+    match e.raw_os_error() {
+        // A missing symbol or binary.
+        Some(libc::ENOENT) => Error::not_found(what, "", Some(e)),
+        Some(libc::EINVAL) => {
+            let hint = match spec.kind {
+                ProbeKind::Kprobe => {
+                    "check /proc/kallsyms (or available_filter_functions) for the symbol"
+                }
+                ProbeKind::Uprobe => "the offset is outside the binary's text",
+            };
+            Error::not_found(what, hint, Some(e))
+        }
+        Some(libc::EILSEQ) => Error::not_found(
+            what,
+            "the offset is not on an instruction boundary",
+            Some(e),
+        ),
+        Some(libc::ERANGE) => {
+            Error::not_found(what, "the offset is past the end of the symbol", Some(e))
+        }
+        _ => Error::syscall("write", what, e),
+    }
+}
+
+/// A probe event this crate created, removed again when dropped (or by
+/// [`ProbeEvent::remove`]).
+#[derive(Debug)]
+pub(crate) struct ProbeEvent {
+    events_file: PathBuf,
+    root: PathBuf,
+    group: String,
+    event: String,
+    armed: bool,
+}
+
+impl ProbeEvent {
+    /// Creates the probe event in a new group of this process. Runs the stale-event reaper
+    /// first if this process has not yet.
+    ///
+    /// # Errors
+    /// Not supported when tracefs or the events file is missing; the write's errno,
+    /// normalised (see `write_error`).
+    pub(crate) fn create(spec: &EventSpec<'_>) -> Result<ProbeEvent, Error> {
+        let kind = spec.kind;
+        let root = super::mount::require_mount()?;
+        let events_file = root.join(kind.events_file());
+        if !events_file.exists() {
+            return Err(Error::not_supported(
+                format!("{} through tracefs", kind.noun_plural()),
+                format!(
+                    "no {} in tracefs ({} is missing: the kernel lacks {})",
+                    kind.events_file(),
+                    events_file.display(),
+                    kind.tracefs_config()
+                ),
+                None,
+            ));
+        }
+        let target = target(spec)?;
+        super::reaper::ensure_ran();
+        let group = events::new_group();
+        let event = event_name(spec.event_hint);
+        let line = create_line(spec.ret, spec.maxactive, &group, &event, &target);
+        tracing::debug!(line, "creating tracefs probe event");
+        events::append(&events_file, &line).map_err(|e| write_error(spec, e))?;
+        Ok(ProbeEvent {
+            events_file,
+            root,
+            group,
+            event,
+            armed: true,
+        })
+    }
+
+    /// `group/event`, as listed in the events file.
+    pub(crate) fn qualified_name(&self) -> String {
+        format!("{}/{}", self.group, self.event)
+    }
+
+    /// The tracepoint id of the event, for `perf_event_open`.
+    pub(crate) fn id(&self) -> Result<u64, Error> {
+        let path = self
+            .root
+            .join("events")
+            .join(&self.group)
+            .join(&self.event)
+            .join("id");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::syscall("read", path.display().to_string(), e))?;
+        text.trim().parse().map_err(|_| {
+            Error::syscall(
+                "read",
+                path.display().to_string(),
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("not an event id: {text:?}"),
+                ),
+            )
+        })
+    }
+
+    /// Writes `-:GROUP/EVENT` (retrying `EBUSY` for a while).
+    fn remove_now(&self) -> io::Result<()> {
+        let events = [(self.group.as_str(), self.event.as_str())];
+        events::remove(&self.events_file, &events, BUSY_RETRY)
+            .pop()
+            .expect("one result per event")
+    }
+
+    /// Removes the event, reporting failure.
+    pub(crate) fn remove(mut self) -> Result<(), Error> {
+        self.armed = false;
+        self.remove_now().map_err(|e| {
+            Error::syscall(
+                "write",
+                format!(
+                    "-:{}/{} to {}",
+                    self.group,
+                    self.event,
+                    self.events_file.display()
+                ),
+                e,
+            )
+        })
+    }
+}
+
+impl Drop for ProbeEvent {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = self.remove_now() {
+                tracing::warn!(
+                    event = %self.qualified_name(),
+                    error = %e,
+                    "could not remove tracefs probe event; the stale-event reaper of a later process removes it"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kind: ProbeKind, name: &'static str, offset: u64, ref_ctr: u64) -> EventSpec<'static> {
+        EventSpec {
+            kind,
+            ret: false,
+            maxactive: None,
+            name,
+            offset,
+            ref_ctr_offset: ref_ctr,
+            event_hint: name,
+            display: name,
+        }
+    }
+
+    #[test]
+    fn target_tokens() {
+        assert_eq!(
+            target(&spec(ProbeKind::Kprobe, "vfs_read", 0, 0)).unwrap(),
+            "vfs_read"
+        );
+        assert_eq!(
+            target(&spec(ProbeKind::Kprobe, "vfs_read", 4, 0)).unwrap(),
+            "vfs_read+0x4"
+        );
+        assert_eq!(
+            target(&spec(ProbeKind::Uprobe, "/bin/x", 0x10, 0)).unwrap(),
+            "/bin/x:0x10"
+        );
+        assert_eq!(
+            target(&spec(ProbeKind::Uprobe, "/bin/x", 0x10, 0x20)).unwrap(),
+            "/bin/x:0x10(0x20)"
+        );
+        assert!(target(&spec(ProbeKind::Uprobe, "/a b", 0, 0))
+            .unwrap_err()
+            .is_invalid_input());
+    }
+
+    #[test]
+    fn write_errnos() {
+        let s = spec(ProbeKind::Uprobe, "/bin/x", 0x10, 0);
+        let e = |n| write_error(&s, io::Error::from_raw_os_error(n));
+        assert!(e(libc::ENOENT).is_not_found());
+        assert!(e(libc::EINVAL).is_not_found());
+        assert!(e(libc::EILSEQ).is_not_found());
+        assert!(e(libc::EACCES).is_permission_denied());
+        assert_eq!(e(libc::EEXIST).raw_os_error(), Some(libc::EEXIST));
+    }
+
+    #[test]
+    fn event_names_are_sanitised() {
+        assert_eq!(event_name("udp_send_skb.isra.52"), "udp_send_skb_isra_52");
+        assert_eq!(event_name("0x1234"), "_0x1234");
+        assert_eq!(event_name(""), "_");
+        assert_eq!(event_name("a+b:c"), "a_b_c");
+        let long = "x".repeat(200);
+        let n = event_name(&long);
+        assert_eq!(n.len(), MAX_NAME_LEN);
+        assert_ne!(
+            n,
+            event_name(&format!("{long}y")),
+            "hashed names stay distinct"
+        );
+        assert_eq!(n, event_name(&long), "and deterministic");
+    }
+
+    #[test]
+    fn lines() {
+        assert_eq!(
+            create_line(false, None, "g", "e", "sym+0x4"),
+            "p:g/e sym+0x4"
+        );
+        assert_eq!(create_line(true, None, "g", "e", "sym"), "r:g/e sym");
+        assert_eq!(create_line(true, Some(16), "g", "e", "sym"), "r16:g/e sym");
+        assert_eq!(
+            create_line(false, None, "g", "e", "/bin/x:0x10(0x20)"),
+            "p:g/e /bin/x:0x10(0x20)"
+        );
+    }
+}
