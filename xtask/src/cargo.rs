@@ -6,7 +6,8 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::json;
+use serde_json::Value;
+
 use crate::libtest::Counts;
 use crate::util::{
     cargo, display_command, err, kill_tree, secs, target_dir, workspace_root, Context, Result,
@@ -65,31 +66,20 @@ pub fn build_tests(names: &[String]) -> Result<Vec<PathBuf>> {
     let mut executables = Vec::new();
     for line in BufReader::new(stdout).lines() {
         let line = line.context(|| "cannot read cargo's output".to_owned())?;
-        let Some(msg) = json::parse(&line) else {
+        let Ok(msg) = serde_json::from_str::<Value>(&line) else {
             // Not a JSON message (a build script's output, say): pass it through.
             println!("{line}");
             continue;
         };
-        match msg.get("reason").and_then(json::Value::as_str) {
+        match msg.get("reason").and_then(Value::as_str) {
             Some("compiler-message") => {
                 // Only in case cargo did not render it already.
-                if let Some(rendered) = msg
-                    .get("message")
-                    .and_then(|m| m.get("rendered"))
-                    .and_then(json::Value::as_str)
-                {
+                if let Some(rendered) = msg.pointer("/message/rendered").and_then(Value::as_str) {
                     eprint!("{rendered}");
                 }
             }
             Some("compiler-artifact") => {
-                let is_test = msg
-                    .get("profile")
-                    .and_then(|p| p.get("test"))
-                    .and_then(json::Value::as_bool)
-                    == Some(true);
-                if let (true, Some(exe)) =
-                    (is_test, msg.get("executable").and_then(json::Value::as_str))
-                {
+                if let Some(exe) = test_executable(&msg) {
                     executables.push(PathBuf::from(exe));
                 }
             }
@@ -112,6 +102,16 @@ pub fn build_tests(names: &[String]) -> Result<Vec<PathBuf>> {
         )));
     }
     Ok(executables)
+}
+
+/// The `executable` of a `compiler-artifact` message whose `profile.test` is true.
+fn test_executable(artifact: &Value) -> Option<&str> {
+    let is_test = artifact.pointer("/profile/test").and_then(Value::as_bool) == Some(true);
+    if is_test {
+        artifact.get("executable").and_then(Value::as_str)
+    } else {
+        None
+    }
 }
 
 /// The outcome of `cargo test --workspace`.
@@ -217,4 +217,26 @@ fn read_lines(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `compiler-artifact` line as cargo prints it, with `profile.test` set to `test`.
+    fn artifact(test: bool) -> Value {
+        let line = format!(
+            r#"{{"reason":"compiler-artifact","package_id":"path+file:///w#probeset@0.1.0","target":{{"kind":["test"],"name":"kprobe"}},"profile":{{"opt_level":"0","debuginfo":2,"test":{test}}},"executable":"/w/target/debug/deps/kprobe-1a2b","fresh":false,"filenames":["/w/target/debug/deps/kprobe-1a2b"]}}"#
+        );
+        serde_json::from_str(&line).unwrap()
+    }
+
+    #[test]
+    fn takes_the_executable_of_a_test_artifact() {
+        assert_eq!(
+            test_executable(&artifact(true)),
+            Some("/w/target/debug/deps/kprobe-1a2b")
+        );
+        assert_eq!(test_executable(&artifact(false)), None);
+    }
 }

@@ -7,14 +7,13 @@
 //!   [--timeout SECS]`: the VM tier alone. Boots stock Debian kernels (which have kprobes,
 //!   unlike the host) under qemu and runs the kprobe integration tests inside.
 //!
-//! See `docs/testing.md`. Only the standard library is used, so this builds whatever state the
-//! main crate is in.
+//! See `docs/testing.md`. A workspace of its own, with its own `Cargo.lock`: it builds whatever
+//! state the main crate is in, and its dependencies never move the library's lockfile.
 
 mod apt;
 mod bench;
 mod cargo;
 mod initramfs;
-mod json;
 mod kernel;
 mod libtest;
 mod util;
