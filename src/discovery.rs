@@ -55,7 +55,8 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::elf::{glob_match, ElfFunction, ElfSymbols};
+use crate::elf::{ElfFunction, ElfSymbols};
+use crate::glob::{literal_prefix, Glob};
 use crate::validate::is_valid_symbol;
 use crate::{blocking, Error, Kprobe, Uprobe};
 
@@ -154,58 +155,6 @@ fn check_glob(glob: &str) -> Result<(), Error> {
         ));
     }
     Ok(())
-}
-
-/// The literal start of a glob (up to its first special character): a cheap filter that
-/// spares most names the full match.
-fn literal_prefix(glob: &str) -> &str {
-    let end = glob.find(GLOB_SPECIAL).unwrap_or(glob.len());
-    &glob[..end]
-}
-
-const GLOB_SPECIAL: [char; 4] = ['*', '?', '[', '\\'];
-
-/// A glob, with the common shapes (`*`, `abc`, `abc*`, `*abc`, `*abc*`) matched without
-/// the general matcher: a kallsyms scan tests ~120k names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Glob<'a> {
-    Any,
-    Exact(&'a str),
-    Prefix(&'a str),
-    Suffix(&'a str),
-    Contains(&'a str),
-    General(&'a str),
-}
-
-impl<'a> Glob<'a> {
-    fn new(glob: &'a str) -> Glob<'a> {
-        let literal = |s: &str| !s.contains(GLOB_SPECIAL);
-        let inner = glob.strip_prefix('*').and_then(|g| g.strip_suffix('*'));
-        if glob.chars().all(|c| c == '*') {
-            Glob::Any
-        } else if literal(glob) {
-            Glob::Exact(glob)
-        } else if let Some(inner) = inner.filter(|i| literal(i)) {
-            Glob::Contains(inner)
-        } else if let Some(prefix) = glob.strip_suffix('*').filter(|p| literal(p)) {
-            Glob::Prefix(prefix)
-        } else if let Some(suffix) = glob.strip_prefix('*').filter(|s| literal(s)) {
-            Glob::Suffix(suffix)
-        } else {
-            Glob::General(glob)
-        }
-    }
-
-    fn matches(self, name: &str) -> bool {
-        match self {
-            Glob::Any => true,
-            Glob::Exact(s) => name == s,
-            Glob::Prefix(s) => name.starts_with(s),
-            Glob::Suffix(s) => name.ends_with(s),
-            Glob::Contains(s) => name.contains(s),
-            Glob::General(g) => glob_match(g, name),
-        }
-    }
 }
 
 // --- kernel ------------------------------------------------------------------------------
@@ -1113,53 +1062,6 @@ mod tests {
             assert!(e.is_invalid_input(), "{bad:?}: {e}");
             assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
         }
-    }
-
-    #[test]
-    fn glob_shapes_agree_with_the_general_matcher() {
-        assert_eq!(Glob::new("*"), Glob::Any);
-        assert_eq!(Glob::new("**"), Glob::Any);
-        assert_eq!(Glob::new("vfs_read"), Glob::Exact("vfs_read"));
-        assert_eq!(Glob::new("vfs_*"), Glob::Prefix("vfs_"));
-        assert_eq!(Glob::new("*_read"), Glob::Suffix("_read"));
-        assert_eq!(Glob::new("*read*"), Glob::Contains("read"));
-        assert_eq!(Glob::new("*"), Glob::Any);
-        assert_eq!(Glob::new("v?s_*"), Glob::General("v?s_*"));
-        assert_eq!(Glob::new("a*b"), Glob::General("a*b"));
-        assert_eq!(Glob::new("a\\*"), Glob::General("a\\*"));
-        let names = [
-            "",
-            "vfs_read",
-            "vfs_",
-            "xvfs_read",
-            "read",
-            "a*b",
-            "ab",
-            "a*",
-            "a",
-        ];
-        for glob in [
-            "*", "**", "vfs_read", "vfs_*", "*_read", "*read*", "v?s_*", "a*b", "a\\*", "*a*", "a",
-            "*b",
-        ] {
-            for name in names {
-                assert_eq!(
-                    Glob::new(glob).matches(name),
-                    glob_match(glob, name),
-                    "{glob:?} on {name:?}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn glob_prefixes() {
-        assert_eq!(literal_prefix("vfs_*"), "vfs_");
-        assert_eq!(literal_prefix("*read"), "");
-        assert_eq!(literal_prefix("tcp_[sr]*"), "tcp_");
-        assert_eq!(literal_prefix("a\\*b"), "a");
-        assert_eq!(literal_prefix("exact"), "exact");
-        assert_eq!(literal_prefix("x?"), "x");
     }
 
     const KALLSYMS_TEXT: &str = "\

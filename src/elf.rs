@@ -44,6 +44,7 @@ use object::read::SymbolIndex;
 use object::{Endianness, FileKind};
 
 use crate::error::Error;
+use crate::glob::glob_match;
 
 /// One function symbol of an ELF file.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -262,84 +263,6 @@ fn distinct_offsets<'a>(functions: impl Iterator<Item = &'a ElfFunction>) -> Vec
     offsets.sort_unstable();
     offsets.dedup();
     offsets
-}
-
-/// Whether `name` matches the shell glob `pattern` (see [`ElfSymbols::matching`]).
-///
-/// Runs in O(pattern × name) at worst: on a mismatch it backtracks only to the last `*`.
-pub(crate) fn glob_match(pattern: &str, name: &str) -> bool {
-    let pattern: Vec<char> = pattern.chars().collect();
-    let name: Vec<char> = name.chars().collect();
-    let (mut p, mut n) = (0, 0);
-    // Where to resume after the last `*`: the pattern after it, and the name position it
-    // has swallowed up to.
-    let mut star: Option<(usize, usize)> = None;
-    while n < name.len() {
-        if pattern.get(p) == Some(&'*') {
-            p += 1;
-            star = Some((p, n));
-            continue;
-        }
-        if let Some(next) = match_one(&pattern, p, name[n]) {
-            p = next;
-            n += 1;
-            continue;
-        }
-        match star {
-            Some((after_star, swallowed)) => {
-                p = after_star;
-                n = swallowed + 1;
-                star = Some((after_star, n));
-            }
-            None => return false,
-        }
-    }
-    pattern[p..].iter().all(|&c| c == '*')
-}
-
-/// Matches the pattern element at `pattern[p]` (not `*`) against `c`; returns the index of
-/// the next element on a match.
-fn match_one(pattern: &[char], p: usize, c: char) -> Option<usize> {
-    let (matched, next) = match *pattern.get(p)? {
-        '?' => (true, p + 1),
-        '\\' if p + 1 < pattern.len() => (pattern[p + 1] == c, p + 2),
-        '[' => match match_class(pattern, p + 1, c) {
-            Some(class) => class,
-            // No closing `]`: the `[` is literal.
-            None => ('[' == c, p + 1),
-        },
-        literal => (literal == c, p + 1),
-    };
-    matched.then_some(next)
-}
-
-/// Matches the bracket expression whose contents start at `pattern[start]` against `c`;
-/// returns whether it matched and the index after the closing `]`, or `None` if there is
-/// no closing `]`. A `]` right after `[` or `[!` is a member, not the end.
-fn match_class(pattern: &[char], start: usize, c: char) -> Option<(bool, usize)> {
-    let mut i = start;
-    let negated = matches!(pattern.get(i), Some('!' | '^'));
-    if negated {
-        i += 1;
-    }
-    let first = i;
-    let mut matched = false;
-    loop {
-        let low = *pattern.get(i)?;
-        if low == ']' && i > first {
-            return Some((matched != negated, i + 1));
-        }
-        match (pattern.get(i + 1), pattern.get(i + 2)) {
-            (Some('-'), Some(&high)) if high != ']' => {
-                matched |= low <= c && c <= high;
-                i += 3;
-            }
-            _ => {
-                matched |= low == c;
-                i += 1;
-            }
-        }
-    }
 }
 
 /// The identity of one version of a file's contents, as far as `stat` tells.
@@ -782,56 +705,6 @@ mod tests {
             assert_ne!(memcpy, old.offset);
             assert_eq!(libc.resolve("memcpy@@GLIBC_2.14").unwrap(), memcpy);
             assert_eq!(libc.resolve("memcpy@GLIBC_2.2.5").unwrap(), old.offset);
-        }
-    }
-
-    #[test]
-    fn glob_match_cases() {
-        let yes = [
-            ("*", ""),
-            ("*", "anything"),
-            ("getpid", "getpid"),
-            ("get*", "getpid"),
-            ("*pid", "getpid"),
-            ("g?tpid", "getpid"),
-            ("*a*b*c*", "xxaxxbxxcxx"),
-            ("a*b*c", "abbbc"),
-            ("[abc]x", "bx"),
-            ("[a-c]x", "cx"),
-            ("[!a]x", "bx"),
-            ("[^a]x", "bx"),
-            ("[]]", "]"),
-            ("[!]]", "a"),
-            ("[a-]", "-"),
-            ("[ab", "[ab"),
-            ("a\\*", "a*"),
-            ("\u{e9}?", "\u{e9}\u{e8}"),
-            ("sys_*", "sys_read"),
-        ];
-        let no = [
-            ("", "a"),
-            ("getpid", "getppid"),
-            ("get?", "getpid"),
-            ("*a*b*c*", "xxaxxcxxbxx"),
-            ("[abc]x", "dx"),
-            ("[a-c]x", "dx"),
-            ("[!a]x", "ax"),
-            ("[]]", "a"),
-            ("a\\*", "ab"),
-            ("sys_*", "__x64_sys_read"),
-            ("?", ""),
-        ];
-        for (pattern, name) in yes {
-            assert!(
-                glob_match(pattern, name),
-                "{pattern:?} should match {name:?}"
-            );
-        }
-        for (pattern, name) in no {
-            assert!(
-                !glob_match(pattern, name),
-                "{pattern:?} should not match {name:?}"
-            );
         }
     }
 

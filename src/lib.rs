@@ -57,6 +57,7 @@ pub mod discovery;
 pub mod elf;
 pub mod error;
 mod features;
+mod glob;
 mod kprobe;
 mod link;
 mod perf_event;
