@@ -57,11 +57,10 @@ use std::path::{Path, PathBuf};
 
 use crate::elf::{ElfFunction, ElfSymbols};
 use crate::glob::{literal_prefix, Glob};
+use crate::kallsyms::{self, KallsymsLine};
 use crate::validate::is_valid_symbol;
 use crate::{blocking, Error, Kprobe, Uprobe};
 
-/// Where the kernel lists its symbols.
-const KALLSYMS: &str = "/proc/kallsyms";
 /// The kprobe blacklist (debugfs).
 const KPROBE_BLACKLIST: &str = "/sys/kernel/debug/kprobes/blacklist";
 /// The dynamic linker's cache.
@@ -205,57 +204,6 @@ impl KernelMatches {
     }
 }
 
-/// One line of `/proc/kallsyms`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct KallsymsLine<'a> {
-    /// The symbol type letter (`t`, `T`, `d`, ...).
-    pub kind: u8,
-    pub name: &'a str,
-    pub module: Option<&'a str>,
-}
-
-impl KallsymsLine<'_> {
-    /// A function in text (`t`, `T`) or a weak one (`w`, `W`: without
-    /// `CONFIG_KALLSYMS_ALL` only functions are listed).
-    fn is_function(&self) -> bool {
-        matches!(self.kind, b't' | b'T' | b'w' | b'W')
-    }
-}
-
-/// Parses `ADDRESS TYPE NAME` or `ADDRESS TYPE NAME\t[MODULE]`.
-pub(crate) fn parse_kallsyms_line(line: &str) -> Option<KallsymsLine<'_>> {
-    let (_address, rest) = line.split_once(' ')?;
-    let (kind, rest) = rest.split_once(' ')?;
-    let [kind] = kind.as_bytes() else {
-        return None;
-    };
-    let (name, module) = match rest.split_once('\t') {
-        Some((name, module)) => (name, Some(parse_module(module)?)),
-        None => (rest.trim_end(), None),
-    };
-    (!name.is_empty()).then_some(KallsymsLine {
-        kind: *kind,
-        name,
-        module,
-    })
-}
-
-/// `[MODULE]` -> `MODULE`.
-fn parse_module(field: &str) -> Option<&str> {
-    field.trim().strip_prefix('[')?.strip_suffix(']')
-}
-
-/// Pseudo-modules of kallsyms that hold no probeable function: `JITed` BPF programs,
-/// ftrace and kprobe trampolines.
-fn is_pseudo_module(module: &str) -> bool {
-    module == "bpf" || module.starts_with("__builtin__")
-}
-
-/// Symbols that mark padding or CFI stubs before a function, not functions.
-fn is_stub(name: &str) -> bool {
-    name.starts_with("__pfx_") || name.starts_with("__cfi_")
-}
-
 /// A name matching the glob, as kallsyms lists it: how often, and where first.
 #[derive(Debug, PartialEq, Eq)]
 struct Seen<'a> {
@@ -271,53 +219,22 @@ struct Seen<'a> {
 fn scan_kallsyms<'a>(text: &'a str, glob: &str) -> Vec<Seen<'a>> {
     let prefix = literal_prefix(glob);
     let glob = Glob::new(glob);
-    // Lines are `ADDRESS T NAME`, the address of one width: where the name starts is
-    // known, and most lines are rejected on its first bytes without parsing.
-    let width = text.find(' ').unwrap_or(0);
-    let mut found: Vec<(&str, Option<&str>, &str)> = Vec::new();
-    for line in text.lines() {
-        let b = line.as_bytes();
-        let sym = if b.len() > width + 3 && b[width] == b' ' && b[width + 2] == b' ' {
-            let rest = &line[width + 3..];
-            if !rest.starts_with(prefix) {
-                continue;
-            }
-            let (name, module) = match rest.split_once('\t') {
-                Some((name, module)) => (name, parse_module(module)),
-                None => (rest.trim_end(), None),
-            };
-            KallsymsLine {
-                kind: b[width + 1],
-                name,
-                module,
-            }
-        } else if let Some(sym) = parse_kallsyms_line(line) {
-            sym
-        } else {
-            continue;
-        };
-        if !sym.is_function()
-            || sym.module.is_some_and(is_pseudo_module)
-            || is_stub(sym.name)
-            || !sym.name.starts_with(prefix)
-            || !glob.matches(sym.name)
-        {
-            continue;
-        }
-        let address = line.split_ascii_whitespace().next().unwrap_or("");
-        found.push((sym.name, sym.module, address));
-    }
+    let mut found: Vec<KallsymsLine<'_>> = kallsyms::lines_with_prefix(text, prefix)
+        .filter(|sym| {
+            sym.is_function() && !sym.in_pseudo_module() && !sym.is_stub() && glob.matches(sym.name)
+        })
+        .collect();
     // Stable: the first occurrence's module stays first.
-    found.sort_by_key(|(name, _, _)| *name);
+    found.sort_by_key(|sym| sym.name);
     let mut seen: Vec<Seen<'_>> = Vec::new();
-    for (name, module, address) in found {
+    for sym in found {
         match seen.last_mut() {
-            Some(last) if last.name == name => last.count += 1,
+            Some(last) if last.name == sym.name => last.count += 1,
             _ => seen.push(Seen {
-                name,
+                name: sym.name,
                 count: 1,
-                module,
-                address,
+                module: sym.module,
+                address: sym.address,
             }),
         }
     }
@@ -361,11 +278,13 @@ fn read_optional(path: &Path) -> Option<String> {
 /// - [`Error::is_permission_denied`] when it cannot be read.
 pub fn kernel_functions(glob: &str) -> Result<KernelMatches, Error> {
     check_glob(glob)?;
-    let kallsyms = std::fs::read_to_string(KALLSYMS).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => {
-            Error::not_found(KALLSYMS, "mount procfs: mount -t proc proc /proc", Some(e))
-        }
-        _ => Error::syscall("read", KALLSYMS, e),
+    let kallsyms = kallsyms::read().map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => Error::not_found(
+            kallsyms::PATH,
+            "mount procfs: mount -t proc proc /proc",
+            Some(e),
+        ),
+        _ => Error::syscall("read", kallsyms::PATH, e),
     })?;
     let filter = crate::tracefs::mount::mount_point()
         .and_then(|tracefs| read_optional(&tracefs.join("available_filter_functions")));
@@ -393,12 +312,9 @@ fn kernel_functions_in(
         traceable.as_ref().map_or_else(HashSet::new, |names| {
             kallsyms
                 .lines()
-                .filter_map(|line| {
-                    let mut fields = line.split_ascii_whitespace();
-                    let address = fields.next()?;
-                    let name = fields.nth(1)?;
-                    (names.contains(name) && address.bytes().any(|b| b != b'0')).then_some(address)
-                })
+                .filter_map(kallsyms::parse_kallsyms_line)
+                .filter(|sym| names.contains(sym.name) && sym.address.bytes().any(|b| b != b'0'))
+                .map(|sym| sym.address)
                 .collect()
         });
     let blacklisted = blacklist.map(|text| names_in(text, 1));
@@ -1024,6 +940,7 @@ pub async fn user_functions_async(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kallsyms::tests::KALLSYMS_TEXT;
 
     #[test]
     fn patterns() {
@@ -1062,53 +979,6 @@ mod tests {
             assert!(e.is_invalid_input(), "{bad:?}: {e}");
             assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
         }
-    }
-
-    const KALLSYMS_TEXT: &str = "\
-ffffffff81000000 T _stext
-ffffffff81001000 T vfs_read
-ffffffff81001040 t __pfx_vfs_write
-ffffffff81001050 T vfs_write
-ffffffff81002000 t vfs_dup.isra.0
-ffffffff81003000 t vfs_dup.isra.0
-ffffffff81004000 W vfs_weak
-ffffffff81005000 D vfs_data
-ffffffff81006000 t vfs_notrace
-ffffffff81007000 t vfs_listed
-ffffffffc0201000 t ftrace_trampoline\t[__builtin__ftrace]
-ffffffffc0002000 t bpf_prog_865ad79b37bddc0f_vfs_x\t[bpf]
-ffffffffc0010000 t vfs_mod_fn\t[ext4]
-ffffffffc0020000 t vfs_twice\t[ext4]
-ffffffffc0030000 t vfs_twice\t[xfs]
-";
-
-    #[test]
-    fn kallsyms_lines() {
-        assert_eq!(
-            parse_kallsyms_line("ffffffff81001000 T vfs_read"),
-            Some(KallsymsLine {
-                kind: b'T',
-                name: "vfs_read",
-                module: None
-            })
-        );
-        assert_eq!(
-            parse_kallsyms_line("ffffffffc0010000 t ext4_fn\t[ext4]"),
-            Some(KallsymsLine {
-                kind: b't',
-                name: "ext4_fn",
-                module: Some("ext4")
-            })
-        );
-        // Without privilege the addresses are zero; names are still there.
-        assert_eq!(
-            parse_kallsyms_line("0000000000000000 t x").map(|l| l.name),
-            Some("x")
-        );
-        assert_eq!(parse_kallsyms_line(""), None);
-        assert_eq!(parse_kallsyms_line("ffff T"), None);
-        assert_eq!(parse_kallsyms_line("ffff TT x"), None);
-        assert_eq!(parse_kallsyms_line("ffff t x\tnot-a-module"), None);
     }
 
     #[test]

@@ -58,6 +58,7 @@ pub mod elf;
 pub mod error;
 mod features;
 mod glob;
+mod kallsyms;
 mod kprobe;
 mod link;
 mod perf_event;
