@@ -257,6 +257,15 @@ impl ElfSymbols {
     }
 }
 
+/// Whether the file at `path` starts with the ELF magic: a cheap test before a parse (a
+/// `libc.so` next to `libc.so.6` is a linker script).
+pub(crate) fn is_elf_file(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok_and(|()| magic == *b"\x7fELF")
+}
+
 /// The distinct file offsets of `functions`, ascending.
 fn distinct_offsets<'a>(functions: impl Iterator<Item = &'a ElfFunction>) -> Vec<u64> {
     let mut offsets: Vec<u64> = functions.map(|f| f.offset).collect();
