@@ -39,7 +39,7 @@ impl KernelFunction {
     }
 }
 
-/// What [`kernel_functions`] found.
+/// What [`kernel_functions`] (or [`kernel_functions_blocking`]) found.
 #[derive(Clone, Debug, Default)]
 pub struct KernelMatches {
     /// The probeable functions, sorted by name.
@@ -114,7 +114,24 @@ fn read_optional(path: &Path) -> Option<String> {
     std::fs::read_to_string(path).ok()
 }
 
-/// The kernel functions whose names match `glob`, ready for kprobes.
+/// The kernel functions whose names match `glob`, ready for kprobes:
+/// [`kernel_functions_blocking`] on tokio's blocking pool.
+///
+/// # Errors
+/// As [`kernel_functions_blocking`]; [`Error::RuntimeShutdown`] if the runtime shuts down
+/// before the listing is done.
+///
+/// # Cancel safety
+/// This function is cancel safe. If it is used as the event in a `tokio::select!` statement
+/// and some other branch completes first, the listing finishes on the blocking pool and its
+/// result is dropped; nothing is created in the kernel.
+pub async fn kernel_functions(glob: impl Into<String>) -> Result<KernelMatches, Error> {
+    let glob = glob.into();
+    crate::blocking::run(move || kernel_functions_blocking(&glob)).await
+}
+
+/// The kernel functions whose names match `glob`, ready for kprobes; blocking (see
+/// [`kernel_functions`]).
 ///
 /// Reads `/proc/kallsyms` once (~120k lines; the kernel needs ~70 ms to produce it, the
 /// parse a few ms) and keeps the function symbols (types `t`, `T`, `w`, `W`; not BPF
@@ -128,13 +145,11 @@ fn read_optional(path: &Path) -> Option<String> {
 /// Listing works on a kernel without kprobes (`CONFIG_KPROBES` unset): it is the attach that
 /// reports [`Error::is_not_supported`] there.
 ///
-/// Blocking; see [`kernel_functions_async`].
-///
 /// # Errors
 /// - [`Error::is_invalid_input`] for an empty glob.
 /// - [`Error::is_not_found`] when `/proc/kallsyms` does not exist (procfs not mounted).
 /// - [`Error::is_permission_denied`] when it cannot be read.
-pub fn kernel_functions(glob: &str) -> Result<KernelMatches, Error> {
+pub fn kernel_functions_blocking(glob: &str) -> Result<KernelMatches, Error> {
     check_glob(glob)?;
     let kallsyms = kallsyms::read().map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => Error::not_found(
@@ -155,19 +170,64 @@ pub fn kernel_functions(glob: &str) -> Result<KernelMatches, Error> {
     ))
 }
 
-/// [`kernel_functions`] on given texts.
+/// The old name of [`kernel_functions`].
+///
+/// # Errors
+/// As [`kernel_functions`].
+///
+/// # Cancel safety
+/// As [`kernel_functions`].
+#[deprecated(
+    note = "renamed `kernel_functions` (async); the blocking one is `kernel_functions_blocking`"
+)]
+#[doc(hidden)]
+pub async fn kernel_functions_async(glob: impl Into<String>) -> Result<KernelMatches, Error> {
+    kernel_functions(glob).await
+}
+
+/// [`kernel_functions_blocking`] on given texts.
 fn kernel_functions_in(
     kallsyms: &str,
     glob: &str,
     filter: Option<&str>,
     blacklist: Option<&str>,
 ) -> KernelMatches {
-    let seen = scan_kallsyms(kallsyms, glob);
-    let traceable = filter.map(|text| names_in(text, 0));
-    // ftrace lists one name per address: `__x64_sys_getppid` is traceable as its alias
-    // `__do_sys_getppid`. So a name counts as traceable when its address is.
-    let traceable_addresses: HashSet<&str> =
-        traceable.as_ref().map_or_else(HashSet::new, |names| {
+    let filters = Filters::new(kallsyms, filter, blacklist);
+    let mut matches = KernelMatches {
+        filter_functions_applied: filters.traceable.is_some(),
+        blacklist_applied: filters.blacklisted.is_some(),
+        ..KernelMatches::default()
+    };
+    for s in scan_kallsyms(kallsyms, glob) {
+        match filters.skip_reason(&s) {
+            Some(reason) => matches.skipped.push((s.name.to_owned(), reason)),
+            None => matches.functions.push(KernelFunction {
+                name: s.name.to_owned(),
+                module: s.module.map(str::to_owned),
+                probe: Kprobe::new(s.name),
+            }),
+        }
+    }
+    matches
+}
+
+/// What the kernel's own lists say of a name: whether ftrace can trace it, whether kprobes
+/// refuse it.
+struct Filters<'a> {
+    /// The names of `available_filter_functions`, when it was read.
+    traceable: Option<HashSet<&'a str>>,
+    /// The kallsyms addresses of those names.
+    traceable_addresses: HashSet<&'a str>,
+    /// The names of the kprobe blacklist, when it was read.
+    blacklisted: Option<HashSet<&'a str>>,
+}
+
+impl<'a> Filters<'a> {
+    fn new(kallsyms: &'a str, filter: Option<&'a str>, blacklist: Option<&'a str>) -> Self {
+        let traceable = filter.map(|text| names_in(text, 0));
+        // ftrace lists one name per address: `__x64_sys_getppid` is traceable as its alias
+        // `__do_sys_getppid`. So a name counts as traceable when its address is.
+        let traceable_addresses = traceable.as_ref().map_or_else(HashSet::new, |names| {
             kallsyms
                 .lines()
                 .filter_map(kallsyms::parse_kallsyms_line)
@@ -175,52 +235,34 @@ fn kernel_functions_in(
                 .map(|sym| sym.address)
                 .collect()
         });
-    let blacklisted = blacklist.map(|text| names_in(text, 1));
+        Filters {
+            traceable,
+            traceable_addresses,
+            blacklisted: blacklist.map(|text| names_in(text, 1)),
+        }
+    }
 
-    let mut matches = KernelMatches {
-        filter_functions_applied: traceable.is_some(),
-        blacklist_applied: blacklisted.is_some(),
-        ..KernelMatches::default()
-    };
-    for s in seen {
-        let name = s.name;
-        let reason = if s.count > 1 {
+    /// Why a kprobe does not go on `s`, if it does not.
+    fn skip_reason(&self, s: &Seen<'_>) -> Option<String> {
+        let untraceable = |t: &HashSet<&str>| {
+            !t.contains(s.name) && !self.traceable_addresses.contains(s.address)
+        };
+        if s.count > 1 {
             Some(format!("ambiguous: {} addresses", s.count))
-        } else if !is_valid_symbol(name) {
+        } else if !is_valid_symbol(s.name) {
             Some("not a valid kprobe symbol name".to_owned())
-        } else if traceable
-            .as_ref()
-            .is_some_and(|t| !t.contains(name) && !traceable_addresses.contains(s.address))
-        {
+        } else if self.traceable.as_ref().is_some_and(untraceable) {
             Some("not traceable: missing from available_filter_functions".to_owned())
-        } else if blacklisted.as_ref().is_some_and(|b| b.contains(name)) {
+        } else if self
+            .blacklisted
+            .as_ref()
+            .is_some_and(|b| b.contains(s.name))
+        {
             Some("on the kprobe blacklist".to_owned())
         } else {
             None
-        };
-        match reason {
-            Some(reason) => matches.skipped.push((name.to_owned(), reason)),
-            None => matches.functions.push(KernelFunction {
-                name: name.to_owned(),
-                module: s.module.map(str::to_owned),
-                probe: Kprobe::new(name),
-            }),
         }
     }
-    matches
-}
-
-/// [`kernel_functions`] on tokio's blocking pool.
-///
-/// # Errors
-/// As [`kernel_functions`].
-///
-/// # Cancel safety
-/// Cancel safe: if the future is dropped, the read finishes on the blocking pool and its
-/// result is discarded. Nothing is created in the kernel.
-pub async fn kernel_functions_async(glob: impl Into<String>) -> Result<KernelMatches, Error> {
-    let glob = glob.into();
-    crate::blocking::run(move || kernel_functions(&glob)).await
 }
 
 #[cfg(test)]
@@ -296,6 +338,8 @@ mod tests {
         assert!(kernel_functions_in(KALLSYMS_TEXT, "*_vfs_x", None, None)
             .functions
             .is_empty());
-        assert!(kernel_functions("").unwrap_err().is_invalid_input());
+        assert!(kernel_functions_blocking("")
+            .unwrap_err()
+            .is_invalid_input());
     }
 }

@@ -154,7 +154,24 @@ fn from_maps(name: &str, pid: i32) -> Result<Option<PathBuf>, Error> {
     }))
 }
 
-/// Resolves a library (or executable) name the way users write it.
+/// Resolves a library (or executable) name the way users write it:
+/// [`resolve_library_blocking`] on tokio's blocking pool.
+///
+/// # Errors
+/// As [`resolve_library_blocking`]; [`Error::RuntimeShutdown`] if the runtime shuts down
+/// before the lookup is done.
+///
+/// # Cancel safety
+/// This function is cancel safe. If it is used as the event in a `tokio::select!` statement
+/// and some other branch completes first, the lookup finishes on the blocking pool and its
+/// result is dropped; nothing is created in the kernel.
+pub async fn resolve_library(name: impl Into<String>, pid: Option<i32>) -> Result<PathBuf, Error> {
+    let name = name.into();
+    crate::blocking::run(move || resolve_library_blocking(&name, pid)).await
+}
+
+/// Resolves a library (or executable) name the way users write it; blocking (reads files,
+/// may run `ldconfig -p`; see [`resolve_library`]).
 ///
 /// - A name with a `/` is a path, taken as is (it must exist).
 /// - With `pid`: the files mapped into that process (`/proc/PID/maps`) are searched for
@@ -169,13 +186,11 @@ fn from_maps(name: &str, pid: i32) -> Result<Option<PathBuf>, Error> {
 /// then `lib{name}.so`. So `c`, `libc`, `libc.so.6` all give the C library, and
 /// `libssl.so.3` gives that soname.
 ///
-/// Blocking (reads files; may run `ldconfig -p`).
-///
 /// # Errors
 /// - [`Error::is_invalid_input`] for an empty name or a pid <= 0.
 /// - [`Error::is_not_found`] when no such library is found, the path does not exist, or the
 ///   pid does not exist.
-pub fn resolve_library(name: &str, pid: Option<i32>) -> Result<PathBuf, Error> {
+pub fn resolve_library_blocking(name: &str, pid: Option<i32>) -> Result<PathBuf, Error> {
     if name.is_empty() {
         return Err(Error::invalid(
             "library name \"\"",
@@ -183,12 +198,7 @@ pub fn resolve_library(name: &str, pid: Option<i32>) -> Result<PathBuf, Error> {
         ));
     }
     if name.contains('/') {
-        let path = PathBuf::from(name);
-        return match path.try_exists() {
-            Ok(true) => Ok(path),
-            Ok(false) => Err(Error::not_found(format!("binary {name:?}"), "", None)),
-            Err(e) => Err(Error::syscall("stat", format!("{name:?}"), e)),
-        };
+        return existing_path(name);
     }
     if let Some(pid) = pid {
         check_pid(pid)?;
@@ -196,30 +206,8 @@ pub fn resolve_library(name: &str, pid: Option<i32>) -> Result<PathBuf, Error> {
             return Ok(path);
         }
     }
-    let cache = linker_cache();
-    let preferred = cache.iter().filter(|e| e.hwcap == 0);
-    let others = cache.iter().filter(|e| e.hwcap != 0);
-    for entries in [preferred.collect::<Vec<_>>(), others.collect()] {
-        let candidates = entries
-            .iter()
-            .filter(|e| e.path.exists())
-            .map(|e| (e.key.as_str(), e.path.as_path()));
-        if let Some(path) = best_match(name, candidates) {
-            return Ok(path.to_owned());
-        }
-    }
-    for dir in standard_dirs() {
-        let Ok(listing) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        let files: Vec<(String, PathBuf)> = listing
-            .filter_map(Result::ok)
-            .filter_map(|entry| Some((entry.file_name().into_string().ok()?, entry.path())))
-            .filter(|(file, path)| rank_library(name, file).is_some() && is_elf_file(path))
-            .collect();
-        if let Some(path) = best_match(name, files.iter().map(|(f, p)| (f.as_str(), p.as_path()))) {
-            return Ok(path.to_owned());
-        }
+    if let Some(path) = from_linker_cache(name).or_else(|| from_standard_dirs(name)) {
+        return Ok(path);
     }
     let mut hint = format!(
         "no lib{name}.so*, {name}.so* or {name} in {LD_SO_CACHE} or the standard library \
@@ -229,6 +217,47 @@ pub fn resolve_library(name: &str, pid: Option<i32>) -> Result<PathBuf, Error> {
         hint = format!("not mapped by process {pid}, and {hint}");
     }
     Err(Error::not_found(format!("library {name:?}"), &hint, None))
+}
+
+/// A path as given, if it exists.
+fn existing_path(name: &str) -> Result<PathBuf, Error> {
+    let path = PathBuf::from(name);
+    match path.try_exists() {
+        Ok(true) => Ok(path),
+        Ok(false) => Err(Error::not_found(format!("binary {name:?}"), "", None)),
+        Err(e) => Err(Error::syscall("stat", format!("{name:?}"), e)),
+    }
+}
+
+/// The linker cache's best answer to `name`, among the files that exist: a library in its
+/// plain directory first, then one in a hwcaps subdirectory.
+fn from_linker_cache(name: &str) -> Option<PathBuf> {
+    let cache = linker_cache();
+    let preferred = cache.iter().filter(|e| e.hwcap == 0);
+    let others = cache.iter().filter(|e| e.hwcap != 0);
+    for entries in [preferred.collect::<Vec<_>>(), others.collect()] {
+        let candidates = entries
+            .iter()
+            .filter(|e| e.path.exists())
+            .map(|e| (e.key.as_str(), e.path.as_path()));
+        if let Some(path) = best_match(name, candidates) {
+            return Some(path.to_owned());
+        }
+    }
+    None
+}
+
+/// The best ELF file for `name` in the first standard directory that has one.
+fn from_standard_dirs(name: &str) -> Option<PathBuf> {
+    standard_dirs().into_iter().find_map(|dir| {
+        let listing = std::fs::read_dir(&dir).ok()?;
+        let files: Vec<(String, PathBuf)> = listing
+            .filter_map(Result::ok)
+            .filter_map(|entry| Some((entry.file_name().into_string().ok()?, entry.path())))
+            .filter(|(file, path)| rank_library(name, file).is_some() && is_elf_file(path))
+            .collect();
+        best_match(name, files.iter().map(|(f, p)| (f.as_str(), p.as_path()))).map(Path::to_owned)
+    })
 }
 
 #[cfg(test)]
@@ -292,14 +321,16 @@ mod tests {
 
     #[test]
     fn library_inputs() {
-        assert!(resolve_library("", None).unwrap_err().is_invalid_input());
-        assert!(resolve_library("c", Some(0))
+        assert!(resolve_library_blocking("", None)
             .unwrap_err()
             .is_invalid_input());
-        assert!(resolve_library("/no/such/file", None)
+        assert!(resolve_library_blocking("c", Some(0))
+            .unwrap_err()
+            .is_invalid_input());
+        assert!(resolve_library_blocking("/no/such/file", None)
             .unwrap_err()
             .is_not_found());
-        assert!(resolve_library("probeset-no-such-library", None)
+        assert!(resolve_library_blocking("probeset-no-such-library", None)
             .unwrap_err()
             .is_not_found());
     }

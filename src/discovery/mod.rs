@@ -14,6 +14,10 @@
 //!   their file offsets, skipping IFUNC resolvers and aliases.
 //! - [`parse_pattern`] reads `vfs_*` (kernel), `c:str*` or `/path/to/bin:GLOB` (user).
 //!
+//! The three lookups read files, so they are async and run on tokio's blocking pool; each
+//! has a blocking twin for code off the runtime: [`kernel_functions_blocking`],
+//! [`resolve_library_blocking`], [`user_functions_blocking`].
+//!
 //! Each listing comes with what it skipped and why, so a tool can say so.
 //!
 //! Globs are shell globs: `*`, `?`, `[abc]`, `[a-z]`, `[!a]`, and `\` to quote.
@@ -29,7 +33,7 @@
 //! let Pattern::User { target, glob } = discovery::parse_pattern("c:str*")? else {
 //!     unreachable!()
 //! };
-//! let found = discovery::user_functions_async(target, glob, None).await?;
+//! let found = discovery::user_functions(target, glob, None).await?;
 //! println!("{} functions in {}", found.functions.len(), found.binary.display());
 //! for (name, reason) in &found.skipped {
 //!     println!("skipped {name}: {reason}");
@@ -41,8 +45,12 @@
 //!     links.push(function.probe.clone().cookie(i as u64).attach(&counter).await?);
 //! }
 //!
+//! // A library name, the way users write it.
+//! let libc = discovery::resolve_library("c", None).await?;
+//! println!("c is {}", libc.display());
+//!
 //! // Kernel functions are listed the same way (attaching them needs CONFIG_KPROBES).
-//! let vfs = discovery::kernel_functions_async("vfs_*").await?;
+//! let vfs = discovery::kernel_functions("vfs_*").await?;
 //! for function in &vfs.functions {
 //!     println!("{}", function.qualified_name());
 //! }
@@ -55,9 +63,11 @@ mod library;
 mod pattern;
 mod user;
 
+#[allow(deprecated)]
 pub use kernel::kernel_functions_async;
-pub use kernel::{kernel_functions, KernelFunction, KernelMatches};
-pub use library::resolve_library;
+pub use kernel::{kernel_functions, kernel_functions_blocking, KernelFunction, KernelMatches};
+pub use library::{resolve_library, resolve_library_blocking};
 pub use pattern::{parse_pattern, Pattern};
+#[allow(deprecated)]
 pub use user::user_functions_async;
-pub use user::{user_functions, UserFunction, UserMatches, IFUNC_REASON};
+pub use user::{user_functions, user_functions_blocking, UserFunction, UserMatches, IFUNC_REASON};

@@ -8,7 +8,7 @@ use crate::elf::{ElfFunction, ElfSymbols};
 use crate::error::Error;
 use crate::uprobe::Uprobe;
 
-use super::library::{check_pid, resolve_library};
+use super::library::{check_pid, resolve_library_blocking};
 use super::pattern::check_glob;
 
 /// The reason an IFUNC resolver is skipped.
@@ -30,7 +30,7 @@ pub struct UserFunction {
     pub probe: Uprobe,
 }
 
-/// What [`user_functions`] found.
+/// What [`user_functions`] (or [`user_functions_blocking`]) found.
 #[derive(Clone, Debug)]
 pub struct UserMatches {
     /// The file the functions are in.
@@ -98,8 +98,29 @@ fn alias_preference(f: &ElfFunction) -> impl Ord + '_ {
     )
 }
 
-/// The functions of `target` (a library name as [`resolve_library`] takes it, or a path)
-/// whose names match `glob`, as uprobes at their file offsets.
+/// The functions of `target` whose names match `glob`, as uprobes at their file offsets:
+/// [`user_functions_blocking`] on tokio's blocking pool.
+///
+/// # Errors
+/// As [`user_functions_blocking`]; [`Error::RuntimeShutdown`] if the runtime shuts down
+/// before the lookup is done.
+///
+/// # Cancel safety
+/// This function is cancel safe. If it is used as the event in a `tokio::select!` statement
+/// and some other branch completes first, the lookup finishes on the blocking pool and its
+/// result is dropped; nothing is created in the kernel.
+pub async fn user_functions(
+    target: impl Into<String>,
+    glob: impl Into<String>,
+    pid: Option<i32>,
+) -> Result<UserMatches, Error> {
+    let (target, glob) = (target.into(), glob.into());
+    crate::blocking::run(move || user_functions_blocking(&target, &glob, pid)).await
+}
+
+/// The functions of `target` (a library name as [`resolve_library_blocking`] takes it, or a
+/// path) whose names match `glob`, as uprobes at their file offsets; blocking (reads and
+/// parses the file, cached per file; see [`user_functions`]).
 ///
 /// Functions come from the ELF symbol tables ([`ElfSymbols::matching`]: `.symtab` and
 /// `.dynsym`, defined, non-zero size). Skipped, with the reason: IFUNC resolvers (a probe
@@ -111,17 +132,19 @@ fn alias_preference(f: &ElfFunction) -> impl Ord + '_ {
 /// With `pid`, the library is resolved through that process's mappings and every probe
 /// gets that pid filter.
 ///
-/// Blocking (reads and parses the file, cached per file); see [`user_functions_async`].
-///
 /// # Errors
-/// As [`resolve_library`] and [`ElfSymbols::load`]; [`Error::is_invalid_input`] for an
-/// empty glob.
-pub fn user_functions(target: &str, glob: &str, pid: Option<i32>) -> Result<UserMatches, Error> {
+/// As [`resolve_library_blocking`] and [`ElfSymbols::load`]; [`Error::is_invalid_input`]
+/// for an empty glob.
+pub fn user_functions_blocking(
+    target: &str,
+    glob: &str,
+    pid: Option<i32>,
+) -> Result<UserMatches, Error> {
     check_glob(glob)?;
     if let Some(pid) = pid {
         check_pid(pid)?;
     }
-    let binary = resolve_library(target, pid)?;
+    let binary = resolve_library_blocking(target, pid)?;
     let symbols = ElfSymbols::load(&binary)?;
     let mut skipped = Vec::new();
     let mut by_offset: BTreeMap<u64, Vec<&ElfFunction>> = BTreeMap::new();
@@ -141,24 +164,14 @@ pub fn user_functions(target: &str, glob: &str, pid: Option<i32>) -> Result<User
             skipped.push((alias.name.clone(), format!("alias of {}", kept.name)));
         }
         if let Some(reason) = file.as_ref().and_then(|f| unprobeable(f, offset)) {
-            for f in &names {
-                skipped.push((f.name.clone(), reason.to_owned()));
-            }
+            skipped.extend(names.iter().map(|f| (f.name.clone(), reason.to_owned())));
             continue;
-        }
-        let mut probe = if symbols.resolve(&kept.name).ok() == Some(offset) {
-            Uprobe::new(&binary, &kept.name)
-        } else {
-            Uprobe::at_offset(&binary, offset)
-        };
-        if let Some(pid) = pid {
-            probe = probe.pid(pid);
         }
         functions.push(UserFunction {
             name: kept.name.clone(),
             offset,
             size: kept.size,
-            probe,
+            probe: probe_on(&symbols, kept, pid),
         });
     }
     functions.sort_by(|a, b| (&a.name, a.offset).cmp(&(&b.name, b.offset)));
@@ -170,21 +183,38 @@ pub fn user_functions(target: &str, glob: &str, pid: Option<i32>) -> Result<User
     })
 }
 
-/// [`user_functions`] on tokio's blocking pool.
+/// The entry probe on `function` of `symbols`: by name when the name resolves to it, else
+/// at its offset; with the pid filter, if any.
+fn probe_on(symbols: &ElfSymbols, function: &ElfFunction, pid: Option<i32>) -> Uprobe {
+    let binary = symbols.path();
+    let probe = if symbols.resolve(&function.name).ok() == Some(function.offset) {
+        Uprobe::new(binary, &function.name)
+    } else {
+        Uprobe::at_offset(binary, function.offset)
+    };
+    match pid {
+        Some(pid) => probe.pid(pid),
+        None => probe,
+    }
+}
+
+/// The old name of [`user_functions`].
 ///
 /// # Errors
 /// As [`user_functions`].
 ///
 /// # Cancel safety
-/// Cancel safe: if the future is dropped, the lookup finishes on the blocking pool and its
-/// result is discarded. Nothing is created in the kernel.
+/// As [`user_functions`].
+#[deprecated(
+    note = "renamed `user_functions` (async); the blocking one is `user_functions_blocking`"
+)]
+#[doc(hidden)]
 pub async fn user_functions_async(
     target: impl Into<String>,
     glob: impl Into<String>,
     pid: Option<i32>,
 ) -> Result<UserMatches, Error> {
-    let (target, glob) = (target.into(), glob.into());
-    crate::blocking::run(move || user_functions(&target, &glob, pid)).await
+    user_functions(target, glob, pid).await
 }
 
 #[cfg(test)]
@@ -193,7 +223,7 @@ mod tests {
 
     #[test]
     fn user_inputs() {
-        assert!(user_functions("c", "", None)
+        assert!(user_functions_blocking("c", "", None)
             .unwrap_err()
             .is_invalid_input());
     }
