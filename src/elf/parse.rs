@@ -312,7 +312,7 @@ pub(super) mod tests {
 
     /// A minimal ELF file: one `PT_LOAD` (file 0x100.. at 0x401000), `.text` inside it,
     /// `.text2` (file 0x200.., at 0x9000) outside any segment, and a `.symtab`.
-    pub(in crate::elf) fn synthetic_elf(is64: bool, big_endian: bool, e_type: u16) -> Vec<u8> {
+    fn synthetic_elf(is64: bool, big_endian: bool, e_type: u16) -> Vec<u8> {
         let symsize: u64 = if is64 { 24 } else { 16 };
         let mut w = Writer {
             is64,
@@ -386,28 +386,38 @@ pub(super) mod tests {
         w.bytes
     }
 
-    #[test]
-    fn parses_every_class_and_byte_order() {
+    /// The parse of [`synthetic_elf`] executables in every class and byte order, each with
+    /// the name of its case.
+    pub(in crate::elf) fn parsed_synthetic_executables() -> Vec<(String, Vec<ElfFunction>)> {
+        let mut parsed = Vec::new();
         for is64 in [false, true] {
             for big_endian in [false, true] {
                 let case = format!("64-bit: {is64}, big endian: {big_endian}");
                 let functions = parse(&synthetic_elf(is64, big_endian, elf::ET_EXEC)).expect(&case);
-                let summary: Vec<(&str, u64, u64, bool, bool)> = functions
-                    .iter()
-                    .map(|f| (f.name.as_str(), f.offset, f.address, f.global, f.ifunc))
-                    .collect();
-                assert_eq!(
-                    summary,
-                    [
-                        ("alpha", 0x110, 0x40_1010, true, false),
-                        ("alpha", 0x130, 0x40_1030, false, false),
-                        // Outside every PT_LOAD: translated through its section.
-                        ("beta", 0x204, 0x9004, false, false),
-                        ("ifn", 0x120, 0x40_1020, true, true),
-                    ],
-                    "{case}"
-                );
+                parsed.push((case, functions));
             }
+        }
+        parsed
+    }
+
+    #[test]
+    fn parses_every_class_and_byte_order() {
+        for (case, functions) in parsed_synthetic_executables() {
+            let summary: Vec<(&str, u64, u64, bool, bool)> = functions
+                .iter()
+                .map(|f| (f.name.as_str(), f.offset, f.address, f.global, f.ifunc))
+                .collect();
+            assert_eq!(
+                summary,
+                [
+                    ("alpha", 0x110, 0x40_1010, true, false),
+                    ("alpha", 0x130, 0x40_1030, false, false),
+                    // Outside every PT_LOAD: translated through its section.
+                    ("beta", 0x204, 0x9004, false, false),
+                    ("ifn", 0x120, 0x40_1020, true, true),
+                ],
+                "{case}"
+            );
         }
     }
 

@@ -4,9 +4,7 @@
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, SystemTime};
 
-use object::elf;
-
-use super::parse::tests::synthetic_elf;
+use super::parse::tests::parsed_synthetic_executables;
 use super::*;
 
 /// A function of the test executable whose file offset the tests resolve.
@@ -268,23 +266,35 @@ fn resolve_picks_among_same_named_functions() {
     );
     assert!(symbols.resolve("loc").unwrap_err().is_not_found());
 }
+
 /// What the parse of a synthetic file resolves and matches, in every class and byte order.
 #[test]
 fn synthetic_files_resolve_and_match() {
-    for is64 in [false, true] {
-        for big_endian in [false, true] {
-            let case = format!("64-bit: {is64}, big endian: {big_endian}");
-            let functions = parse(&synthetic_elf(is64, big_endian, elf::ET_EXEC)).expect(&case);
-            let symbols = ElfSymbols {
-                path: PathBuf::from("/synthetic"),
-                functions: functions.into(),
-            };
-            assert_eq!(symbols.resolve("alpha").unwrap(), 0x110, "the global one");
-            assert_eq!(symbols.resolve("ifn").unwrap(), 0x120, "size 0 resolves");
-            assert!(symbols.resolve("gamma").unwrap_err().is_not_found());
-            assert!(symbols.resolve("obj").unwrap_err().is_not_found());
-            let matched: Vec<&str> = symbols.matching("*").map(|f| f.name.as_str()).collect();
-            assert_eq!(matched, ["alpha", "alpha", "beta"], "size 0 is not matched");
-        }
+    for (case, functions) in parsed_synthetic_executables() {
+        let symbols = ElfSymbols {
+            path: PathBuf::from("/synthetic"),
+            functions: functions.into(),
+        };
+        assert_eq!(
+            symbols.resolve("alpha").unwrap(),
+            0x110,
+            "the global one; {case}"
+        );
+        assert_eq!(
+            symbols.resolve("ifn").unwrap(),
+            0x120,
+            "size 0 resolves; {case}"
+        );
+        assert!(
+            symbols.resolve("gamma").unwrap_err().is_not_found(),
+            "{case}"
+        );
+        assert!(symbols.resolve("obj").unwrap_err().is_not_found(), "{case}");
+        let matched: Vec<&str> = symbols.matching("*").map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            matched,
+            ["alpha", "alpha", "beta"],
+            "size 0 is not matched; {case}"
+        );
     }
 }
