@@ -64,6 +64,9 @@ fn c_str_at(data: &[u8], at: usize) -> Option<&str> {
 /// Parses `/etc/ld.so.cache` in glibc's "new" format (`glibc-ld.so.cache1.1`, the only
 /// one since glibc 2.32), alone or behind an old-format (`ld.so-1.7.0`) part. String
 /// offsets are relative to the start of the new-format header.
+///
+/// # Errors
+/// Why the data is not such a cache (a wrong magic, a truncated table, a bad offset).
 pub(crate) fn parse_ld_so_cache(data: &[u8]) -> Result<Vec<CacheEntry>, String> {
     let start = if data.starts_with(CACHE_MAGIC_NEW) {
         0

@@ -115,6 +115,9 @@ pub(crate) fn maps_path(line: &str) -> Option<&str> {
 }
 
 /// Rejects a pid that cannot be a process.
+///
+/// # Errors
+/// [`Error::is_invalid_input`] for a pid <= 0.
 pub(super) fn check_pid(pid: i32) -> Result<(), Error> {
     if pid <= 0 {
         return Err(Error::invalid(
@@ -126,6 +129,10 @@ pub(super) fn check_pid(pid: i32) -> Result<(), Error> {
 }
 
 /// The file mapped into process `pid` that answers `name`, as a path this process can open.
+///
+/// # Errors
+/// [`Error::is_not_found`] when the process does not exist; the error of reading its maps
+/// otherwise.
 fn from_maps(name: &str, pid: i32) -> Result<Option<PathBuf>, Error> {
     let maps_file = format!("/proc/{pid}/maps");
     let maps = std::fs::read_to_string(&maps_file).map_err(|e| match e.kind() {
@@ -220,6 +227,9 @@ pub fn resolve_library_blocking(name: &str, pid: Option<i32>) -> Result<PathBuf,
 }
 
 /// A path as given, if it exists.
+///
+/// # Errors
+/// [`Error::is_not_found`] when it does not exist; the error of `stat` when that fails.
 fn existing_path(name: &str) -> Result<PathBuf, Error> {
     let path = PathBuf::from(name);
     match path.try_exists() {

@@ -80,6 +80,9 @@ pub fn parse_pattern(s: &str) -> Result<Pattern, Error> {
 }
 
 /// Rejects an empty glob.
+///
+/// # Errors
+/// [`Error::is_invalid_input`] for an empty glob.
 pub(super) fn check_glob(glob: &str) -> Result<(), Error> {
     if glob.is_empty() {
         return Err(Error::invalid(

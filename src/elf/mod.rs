@@ -247,6 +247,9 @@ fn lock_cache() -> MutexGuard<'static, Cache<ElfSymbols>> {
 }
 
 /// Opens `path` for reading, and checks that it is a regular file.
+///
+/// # Errors
+/// As [`ElfSymbols::load`], for opening and for what is not a regular file.
 fn open_regular_file(path: &Path) -> Result<(File, Metadata), Error> {
     let what = || format!("binary {path:?}");
     // O_NONBLOCK so that a FIFO given by mistake is rejected below instead of blocking the
@@ -293,6 +296,9 @@ fn describe_file_type(metadata: &Metadata) -> &'static str {
 }
 
 /// The whole file, read in one allocation of its size.
+///
+/// # Errors
+/// The error of reading it.
 fn read_all(file: &mut File, metadata: &Metadata) -> io::Result<Vec<u8>> {
     let mut data = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
     file.read_to_end(&mut data)?;

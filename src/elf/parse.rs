@@ -27,6 +27,10 @@ pub struct ElfFunction {
 
 /// Parses the function symbols of an ELF file's contents; the error is the reason the file
 /// is rejected, for [`Error::invalid`](crate::error::Error::invalid).
+///
+/// # Errors
+/// Not an ELF file, a malformed one, or one that is neither an executable nor a shared
+/// library.
 pub(super) fn parse(data: &[u8]) -> Result<Vec<ElfFunction>, String> {
     let mut functions = match FileKind::parse(data) {
         Ok(FileKind::Elf32) => parse_elf::<elf::FileHeader32<Endianness>>(data)?,
@@ -51,6 +55,10 @@ pub(super) fn parse(data: &[u8]) -> Result<Vec<ElfFunction>, String> {
     Ok(functions)
 }
 
+/// [`parse`] of one ELF class, before the functions are sorted and deduplicated.
+///
+/// # Errors
+/// As [`parse`].
 fn parse_elf<Elf: FileHeader<Endian = Endianness>>(
     data: &[u8],
 ) -> Result<Vec<ElfFunction>, String> {
