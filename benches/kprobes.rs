@@ -30,7 +30,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 /// Syscall entry points that can be probed, `getpid` first (the one each run checks).
 fn symbols() -> Vec<String> {
-    let found = probeset::discovery::kernel_functions("__x64_sys_*").expect("kallsyms");
+    let found = probeset::discovery::kernel_functions_blocking("__x64_sys_*").expect("kallsyms");
     let mut names: Vec<String> = found
         .functions
         .into_iter()

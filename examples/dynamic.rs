@@ -14,7 +14,7 @@ use probeset::{Change, Probe, ProbeSet};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let found = discovery::user_functions_async("c", "*", None).await?;
+    let found = discovery::user_functions("c", "*", None).await?;
     let probes: Vec<Probe> = found
         .functions
         .iter()

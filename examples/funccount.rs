@@ -213,9 +213,9 @@ struct Target {
 async fn resolve(options: &Options, user_pid: Option<i32>) -> Result<Resolved, Failure> {
     let mut resolved = Resolved::default();
     if options.patterns.is_empty() {
-        let libc = discovery::resolve_library("c", user_pid)?;
+        let libc = discovery::resolve_library("c", user_pid).await?;
         for name in DEFAULT_FUNCTIONS {
-            let found = discovery::user_functions_async(
+            let found = discovery::user_functions(
                 libc.to_string_lossy().into_owned(),
                 (*name).to_owned(),
                 user_pid,
@@ -234,14 +234,14 @@ async fn resolve(options: &Options, user_pid: Option<i32>) -> Result<Resolved, F
                         "-p does not apply to kernel pattern {text:?}: kprobes count in every process"
                     )));
                 }
-                let found = discovery::kernel_functions_async(glob).await?;
+                let found = discovery::kernel_functions(glob).await?;
                 if found.functions.is_empty() {
                     return Err(no_match(text, &found.skipped));
                 }
                 resolved.add_kernel(&found, options.ret);
             }
             Pattern::User { target, glob } => {
-                let found = discovery::user_functions_async(target, glob, user_pid).await?;
+                let found = discovery::user_functions(target, glob, user_pid).await?;
                 if found.functions.is_empty() {
                     return Err(no_match(text, &found.skipped));
                 }

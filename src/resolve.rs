@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::elf::ElfSymbols;
 use crate::error::Error;
+use crate::kallsyms;
 use crate::kprobe::Kprobe;
 use crate::uprobe::{Target, Uprobe};
 
@@ -51,7 +52,7 @@ impl Resolver {
     /// be read, which leaves the check to the kernel).
     pub(crate) fn kallsyms(&mut self) -> &HashSet<String> {
         self.kallsyms
-            .get_or_insert_with(|| kallsyms_names().unwrap_or_default())
+            .get_or_insert_with(|| kallsyms::function_names().unwrap_or_default())
     }
 
     /// The kernel's name for `k`'s symbol: as given if `/proc/kallsyms` lists it, else with
@@ -116,21 +117,6 @@ pub(crate) fn syscall_prefixed(symbol: &str) -> Option<String> {
     symbol
         .starts_with("sys_")
         .then(|| format!("{prefix}{symbol}"))
-}
-
-/// The function names of `/proc/kallsyms` (text symbols; `[module]` suffixes dropped).
-fn kallsyms_names() -> std::io::Result<HashSet<String>> {
-    let text = std::fs::read_to_string("/proc/kallsyms")?;
-    Ok(text
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_ascii_whitespace();
-            let _addr = fields.next()?;
-            let kind = fields.next()?;
-            let name = fields.next()?;
-            matches!(kind, "t" | "T" | "w" | "W").then(|| name.to_string())
-        })
-        .collect())
 }
 
 #[cfg(test)]

@@ -39,9 +39,9 @@ fn own_pid() -> i32 {
 
 #[test]
 fn c_libc_and_soname_are_the_same_file() {
-    let c = discovery::resolve_library("c", None).unwrap();
-    let libc = discovery::resolve_library("libc", None).unwrap();
-    let soname = discovery::resolve_library("libc.so.6", None).unwrap();
+    let c = discovery::resolve_library_blocking("c", None).unwrap();
+    let libc = discovery::resolve_library_blocking("libc", None).unwrap();
+    let soname = discovery::resolve_library_blocking("libc.so.6", None).unwrap();
     assert_eq!(c, libc);
     assert_eq!(c, soname);
     assert!(c.is_absolute(), "{c:?}");
@@ -57,26 +57,26 @@ fn c_libc_and_soname_are_the_same_file() {
     );
     // A path is taken as is.
     assert_eq!(
-        discovery::resolve_library(c.to_str().unwrap(), None).unwrap(),
+        discovery::resolve_library_blocking(c.to_str().unwrap(), None).unwrap(),
         c
     );
     // Other sonames as users write them, when installed.
     if Path::new("/lib/x86_64-linux-gnu/libssl.so.3").exists() {
-        let ssl = discovery::resolve_library("libssl.so.3", None).unwrap();
+        let ssl = discovery::resolve_library_blocking("libssl.so.3", None).unwrap();
         assert_eq!(ssl.file_name().unwrap(), "libssl.so.3");
         assert_eq!(
-            identity(&discovery::resolve_library("ssl", None).unwrap()),
+            identity(&discovery::resolve_library_blocking("ssl", None).unwrap()),
             identity(&ssl)
         );
     }
-    let e = discovery::resolve_library("probeset-nonexistent", None).unwrap_err();
+    let e = discovery::resolve_library_blocking("probeset-nonexistent", None).unwrap_err();
     assert!(e.is_not_found(), "{e}");
     assert!(e.to_string().contains("probeset-nonexistent"), "{e}");
 }
 
 #[test]
 fn getpid_is_one_probe_at_its_symbol_offset() {
-    let found = discovery::user_functions("c", "getpid", None).unwrap();
+    let found = discovery::user_functions_blocking("c", "getpid", None).unwrap();
     assert_eq!(found.functions.len(), 1, "{:?}", found.functions);
     let f = &found.functions[0];
     let symbols = ElfSymbols::load(&found.binary).unwrap();
@@ -90,7 +90,7 @@ fn getpid_is_one_probe_at_its_symbol_offset() {
 
 #[test]
 fn ifuncs_and_aliases_are_skipped_with_reasons() {
-    let found = discovery::user_functions("c", "*", None).unwrap();
+    let found = discovery::user_functions_blocking("c", "*", None).unwrap();
     let symbols = ElfSymbols::load(&found.binary).unwrap();
     let ifuncs: Vec<&str> = symbols
         .functions()
@@ -127,7 +127,7 @@ fn ifuncs_and_aliases_are_skipped_with_reasons() {
     let open = found.functions.iter().find(|f| f.name == "open").unwrap();
     assert_eq!(open.offset, symbols.resolve("open64").unwrap());
     // Asked for by name, an alias is what is kept.
-    let only = discovery::user_functions("c", "open64", None).unwrap();
+    let only = discovery::user_functions_blocking("c", "open64", None).unwrap();
     assert_eq!(only.functions.len(), 1);
     assert_eq!(only.functions[0].name, "open64");
 
@@ -144,13 +144,13 @@ fn ifuncs_and_aliases_are_skipped_with_reasons() {
 #[test]
 fn pid_resolves_through_proc_maps() {
     let me = own_pid();
-    let via_pid = discovery::resolve_library("c", Some(me)).unwrap();
+    let via_pid = discovery::resolve_library_blocking("c", Some(me)).unwrap();
     assert_eq!(
         via_pid,
         mapped_libc(),
         "the path this process has mapped, not the cache's"
     );
-    let found = discovery::user_functions("c", "getpid", Some(me)).unwrap();
+    let found = discovery::user_functions_blocking("c", "getpid", Some(me)).unwrap();
     assert_eq!(found.binary, mapped_libc());
     assert_eq!(found.functions.len(), 1);
     assert_eq!(found.functions[0].probe.pid_value(), Some(me));
@@ -164,18 +164,18 @@ fn pid_resolves_through_proc_maps() {
 
     // A library the process does not map falls back to the cache.
     if Path::new("/lib/x86_64-linux-gnu/libssl.so.3").exists() {
-        let ssl = discovery::resolve_library("ssl", Some(me)).unwrap();
+        let ssl = discovery::resolve_library_blocking("ssl", Some(me)).unwrap();
         assert_eq!(ssl.file_name().unwrap(), "libssl.so.3");
     }
     // The executable itself, by its file name.
     let exe = std::env::current_exe().unwrap();
     let name = exe.file_name().unwrap().to_str().unwrap();
     assert_eq!(
-        identity(&discovery::resolve_library(name, Some(me)).unwrap()),
+        identity(&discovery::resolve_library_blocking(name, Some(me)).unwrap()),
         identity(&exe)
     );
 
-    let e = discovery::resolve_library("c", Some(i32::MAX)).unwrap_err();
+    let e = discovery::resolve_library_blocking("c", Some(i32::MAX)).unwrap_err();
     assert!(e.is_not_found(), "{e}");
     assert!(e.to_string().contains(&i32::MAX.to_string()), "{e}");
 }
@@ -187,7 +187,7 @@ fn discovered_probes_count_exactly() {
         return;
     }
     runtime().block_on(async {
-        let found = discovery::user_functions_async("c", "getppid", Some(own_pid()))
+        let found = discovery::user_functions("c", "getppid", Some(own_pid()))
             .await
             .unwrap();
         let counter = Counter::load(Flavour::Plain, 2).unwrap();
@@ -208,7 +208,7 @@ fn kernel_listing_works_without_kprobes() {
         return;
     }
     let start = Instant::now();
-    let found = discovery::kernel_functions("vfs_*").unwrap();
+    let found = discovery::kernel_functions_blocking("vfs_*").unwrap();
     let elapsed = start.elapsed();
     println!(
         "kernel_functions(\"vfs_*\"): {} functions, {} skipped, in {elapsed:?} \
@@ -250,7 +250,7 @@ fn kernel_listing_works_without_kprobes() {
 
     // Duplicated names exist in every kernel (static functions of the same name).
     let start = Instant::now();
-    let all = discovery::kernel_functions("*").unwrap();
+    let all = discovery::kernel_functions_blocking("*").unwrap();
     println!(
         "kernel_functions(\"*\"): {} functions, {} skipped, in {:?}",
         all.functions.len(),
@@ -284,13 +284,42 @@ fn kernel_listing_async_matches_blocking() {
         common::skip("kernel_listing_async_matches_blocking", "no /proc/kallsyms");
         return;
     }
-    let blocking = discovery::kernel_functions("vfs_rea*").unwrap();
+    let blocking = discovery::kernel_functions_blocking("vfs_rea*").unwrap();
     let async_ = runtime()
-        .block_on(discovery::kernel_functions_async("vfs_rea*"))
+        .block_on(discovery::kernel_functions("vfs_rea*"))
         .unwrap();
     assert_eq!(blocking.functions, async_.functions);
-    let err = discovery::kernel_functions("").unwrap_err();
+    let err = discovery::kernel_functions_blocking("").unwrap_err();
     assert!(err.is_invalid_input(), "{err}");
+}
+
+/// The async lookups answer as their blocking twins, and the old names still forward.
+#[test]
+#[allow(deprecated)]
+fn async_lookups_match_blocking() {
+    runtime().block_on(async {
+        let libc = discovery::resolve_library("c", None).await.unwrap();
+        assert_eq!(
+            libc,
+            discovery::resolve_library_blocking("c", None).unwrap()
+        );
+        let e = discovery::resolve_library("", None).await.unwrap_err();
+        assert!(e.is_invalid_input(), "{e}");
+
+        let found = discovery::user_functions("c", "getpid", None)
+            .await
+            .unwrap();
+        let old = discovery::user_functions_async("c", "getpid", None)
+            .await
+            .unwrap();
+        assert_eq!(found.binary, libc);
+        assert_eq!(found.functions, old.functions);
+        if Path::new("/proc/kallsyms").exists() {
+            let found = discovery::kernel_functions("vfs_rea*").await.unwrap();
+            let old = discovery::kernel_functions_async("vfs_rea*").await.unwrap();
+            assert_eq!(found.functions, old.functions);
+        }
+    });
 }
 
 #[test]
@@ -302,7 +331,7 @@ fn patterns_route_to_the_right_listing() {
     let Pattern::User { target, glob } = discovery::parse_pattern("c:getpid").unwrap() else {
         panic!("c:getpid is a user pattern");
     };
-    let found = discovery::user_functions(&target, &glob, None).unwrap();
+    let found = discovery::user_functions_blocking(&target, &glob, None).unwrap();
     assert_eq!(found.functions.len(), 1);
     let e = discovery::parse_pattern("c:").unwrap_err();
     assert!(e.is_invalid_input(), "{e}");

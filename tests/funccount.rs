@@ -66,7 +66,7 @@ fn kernel_has_uprobe_multi() -> bool {
     let Ok(counter) = Counter::load(Flavour::UprobeMulti, 1) else {
         return false;
     };
-    let libc = probeset::discovery::resolve_library("c", None).expect("libc");
+    let libc = probeset::discovery::resolve_library_blocking("c", None).expect("libc");
     common::runtime().block_on(async {
         let mut set = probeset::ProbeSet::new(&counter).unwrap();
         // A kernel that does not know uprobe_multi ignores the program's expected attach

@@ -29,7 +29,7 @@ fn kprobe_setup() -> usize {
         if names.len() >= TARGET_FUNCTIONS {
             break;
         }
-        let found = probeset::discovery::kernel_functions(glob).expect("kernel functions");
+        let found = probeset::discovery::kernel_functions_blocking(glob).expect("kernel functions");
         for f in found.functions {
             if f.module.is_none() && seen.insert(f.name.clone()) {
                 names.push(f.name);
