@@ -437,3 +437,43 @@ fn the_runtime_keeps_ticking_while_fifty_probes_detach() {
         assert!(p99 < Duration::from_millis(20), "p99 tick {p99:?}");
     });
 }
+
+#[test]
+fn a_whole_batch_error_reaches_every_change_with_its_kind() {
+    if !can_run("a_whole_batch_error_reaches_every_change_with_its_kind") {
+        return;
+    }
+    runtime().block_on(async {
+        // A kprobe_multi program: on a kernel without kprobe multi links (this host) every
+        // kprobe batch fails as a whole; elsewhere each probe fails on its own (no kprobes).
+        let counter = Counter::load(Flavour::KprobeMulti, 4).unwrap();
+        let mut set = ProbeSet::new(&counter).unwrap();
+        let probes: Vec<Probe> = ["vfs_read", "vfs_write"]
+            .map(|f| probeset::Kprobe::new(f).into())
+            .to_vec();
+        let attach_err = set.attach(probes.clone()).await.unwrap_err();
+        let kind_of = |e: &probeset::Error| {
+            (
+                e.is_not_supported(),
+                e.is_not_found(),
+                e.is_invalid_input(),
+                e.is_permission_denied(),
+            )
+        };
+        let changes = futures::stream::iter(probes.iter().cloned().map(Change::Attach));
+        let outcomes: Vec<_> = set.apply(changes).collect().await;
+        assert_eq!(outcomes.len(), 2);
+        for (o, p) in outcomes.iter().zip(&probes) {
+            let e = o.result.as_ref().unwrap_err();
+            assert_eq!(kind_of(e), kind_of(&attach_err), "{e} vs {attach_err}");
+            assert!(e.to_string().contains(&p.to_string()), "{e} names {p}");
+        }
+        if set.program_kind() == Some(ProgramKind::UnsupportedMulti) {
+            assert!(attach_err.is_not_supported(), "{attach_err}");
+            let e = outcomes[0].result.as_ref().unwrap_err();
+            let source = std::error::Error::source(e).expect("the batch's error is the source");
+            assert!(source.to_string().contains("multi link"), "{source}");
+        }
+        assert!(set.is_empty());
+    });
+}
