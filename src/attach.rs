@@ -7,6 +7,7 @@
 //! a program loaded for a multi link goes on a one-probe multi link (`multi_link`).
 
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
 
 use crate::backend::Backend;
 use crate::blocking;
@@ -18,7 +19,7 @@ use crate::perf_event::{self, ProbeSpec};
 use crate::perf_link;
 use crate::probe::{Probe, ProbeKind};
 use crate::program::{self, ProgramKind};
-use crate::resolve::{syscall_prefixed, Resolver};
+use crate::resolve::{syscall_prefixed, FileIdent, Resolver, UprobeTarget};
 use crate::tracefs::probe_event::ProbeEvent;
 use crate::uprobe::{Target, Uprobe};
 use crate::validate;
@@ -232,7 +233,7 @@ fn kprobe_perf(prog: BorrowedFd<'_>, k: &Kprobe) -> Result<Attached, Error> {
             event_hint: symbol,
             display: &display,
         };
-        attach_perf(prog, &spec, k.backend_value(), k.cookie_value())
+        attach_perf(prog, &spec, k.backend_value(), k.cookie_value(), None)
     };
     match try_symbol(k.symbol()) {
         Err(e) if e.is_not_found() => match syscall_prefixed(k.symbol()) {
@@ -252,15 +253,12 @@ fn uprobe_perf(
     resolver: &mut Resolver,
 ) -> Result<Attached, Error> {
     let target = resolver.uprobe(u)?;
-    let hint = match u.target() {
-        Target::Symbol(s) if u.offset_value() == 0 => s.clone(),
-        _ => format!("off_{:x}", target.offset),
-    };
+    let hint = event_hint(u, &target);
     let display = u.to_string();
     let spec = ProbeSpec {
         kind: ProbeKind::Uprobe,
         ret: u.is_retprobe(),
-        name: &target.path,
+        name: target.binary.kernel_path(),
         offset: target.offset,
         ref_ctr_offset: u.ref_ctr_offset_value(),
         pid: u.pid_value(),
@@ -268,7 +266,23 @@ fn uprobe_perf(
         event_hint: &hint,
         display: &display,
     };
-    attach_perf(prog, &spec, u.backend_value(), u.cookie_value())
+    let binary = Some(Arc::clone(target.binary.ident()));
+    attach_perf(prog, &spec, u.backend_value(), u.cookie_value(), binary)
+}
+
+/// What a tracefs event of `u` is named after: the binary's file name and the symbol (or
+/// the offset), so that an operator reading `uprobe_events` can tell which binary an event
+/// is on (the line itself shows the `/proc/self/fd/N` path the kernel was given).
+fn event_hint(u: &Uprobe, target: &UprobeTarget) -> String {
+    let file = target
+        .binary
+        .path()
+        .file_name()
+        .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+    match u.target() {
+        Target::Symbol(s) if u.offset_value() == 0 => format!("{file}_{s}"),
+        _ => format!("{file}_off_{:x}", target.offset),
+    }
 }
 
 /// The perf-event path of one probe: open the event, put the program on it.
@@ -277,6 +291,7 @@ fn attach_perf(
     spec: &ProbeSpec<'_>,
     backend: Backend,
     cookie: u64,
+    binary: Option<Arc<FileIdent>>,
 ) -> Result<Attached, Error> {
     let ev = perf_event::open(spec, backend)?;
     let (link, kind) = perf_link::attach(prog, ev.fd.as_fd(), cookie, spec.display)?;
@@ -290,5 +305,6 @@ fn attach_perf(
         event: ev.event,
         kind,
         backend: Some(ev.backend),
+        binary,
     })
 }

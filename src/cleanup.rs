@@ -78,6 +78,35 @@ pub(crate) fn defer_with(job: impl FnOnce() + Send + 'static) {
     }
 }
 
+/// Runs `job` on a thread of its own (counted as pending, so [`wait_idle`] waits for it),
+/// for a release that is parallel inside and must not queue behind the background thread's
+/// other work; on the background thread if no thread can be had.
+pub(crate) fn spawn_with(job: impl FnOnce() + Send + 'static) {
+    let r = reclaimer();
+    *r.pending.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+    let job = std::sync::Arc::new(Mutex::new(Some(job)));
+    let run = {
+        let job = std::sync::Arc::clone(&job);
+        move || {
+            let taken = job.lock().unwrap_or_else(PoisonError::into_inner).take();
+            if let Some(job) = taken {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            }
+            done();
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("probeset-release".into())
+        .spawn(run);
+    if spawned.is_err() {
+        let taken = job.lock().unwrap_or_else(PoisonError::into_inner).take();
+        done();
+        if let Some(job) = taken {
+            defer_with(job);
+        }
+    }
+}
+
 /// Counts one operation in flight (a blocking attach or release, possibly abandoned by a
 /// cancelled future) until dropped; [`wait_idle`] waits for it.
 pub(crate) struct InFlight(());

@@ -2,12 +2,15 @@
 //! (the kernel objects).
 
 use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::Arc;
 
 use crate::backend::Backend;
 use crate::blocking;
 use crate::cleanup;
 use crate::error::Error;
 use crate::probe::Probe;
+use crate::resolve::FileIdent;
 use crate::tracefs::probe_event::ProbeEvent;
 
 /// How an attached probe is held in the kernel.
@@ -44,11 +47,13 @@ pub(crate) struct Attached {
     pub tracefs_event_name: Option<String>,
     pub kind: LinkKind,
     pub backend: Option<Backend>,
+    /// The file a uprobe is on (`None` for a kprobe).
+    pub binary: Option<Arc<FileIdent>>,
 }
 
 impl Attached {
-    /// A multi link (which needs no perf event and no tracefs).
-    pub(crate) fn multi(link: OwnedFd, kind: LinkKind) -> Attached {
+    /// A multi link (which needs no perf event and no tracefs), on `binary` for uprobes.
+    pub(crate) fn multi(link: OwnedFd, kind: LinkKind, binary: Option<Arc<FileIdent>>) -> Attached {
         Attached {
             link: Some(link),
             perf: None,
@@ -56,6 +61,7 @@ impl Attached {
             tracefs_event_name: None,
             kind,
             backend: None,
+            binary,
         }
     }
 
@@ -126,6 +132,25 @@ impl Link {
     #[must_use]
     pub fn tracefs_event(&self) -> Option<&str> {
         self.attached().tracefs_event_name.as_deref()
+    }
+
+    /// For a uprobe: whether its binary's path now names another file than the one the
+    /// probe is on (the file was replaced, as a package upgrade does, renamed or removed).
+    /// The probe stays on the file it was attached to, and keeps counting in the processes
+    /// that still run it; attach again to probe the new file. `false` for a kprobe. One
+    /// `stat` of the path.
+    #[must_use]
+    pub fn binary_replaced(&self) -> bool {
+        self.attached()
+            .binary
+            .as_ref()
+            .is_some_and(|b| b.is_replaced())
+    }
+
+    /// For a uprobe: the path of the file it is on, as it was named when it was attached.
+    #[must_use]
+    pub fn binary(&self) -> Option<&Path> {
+        self.attached().binary.as_ref().map(|b| b.path.as_path())
     }
 
     fn attached(&self) -> &Attached {
@@ -246,4 +271,20 @@ pub(crate) async fn release_all(items: Vec<Attached>) -> Vec<Result<(), Error>> 
         .await
         // The runtime is shutting down: the items were dropped, which releases them.
         .unwrap_or_else(|_| (0..n).map(|_| Err(Error::RuntimeShutdown)).collect())
+}
+
+/// Releases `items` in parallel without blocking the caller: on a thread of its own (see
+/// [`cleanup::spawn_with`]), for the attachments of a batch whose future was dropped.
+pub(crate) fn release_all_in_background(items: Vec<Attached>) {
+    if items.is_empty() {
+        return;
+    }
+    cleanup::spawn_with(move || {
+        for e in release_all_blocking(items)
+            .into_iter()
+            .filter_map(Result::err)
+        {
+            tracing::warn!(error = %e, "releasing the probes of a cancelled batch");
+        }
+    });
 }

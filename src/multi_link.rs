@@ -12,7 +12,7 @@ use crate::kprobe::Kprobe;
 use crate::link::{Attached, LinkKind};
 use crate::perf_event::ENOTSUPP;
 use crate::probe::Probe;
-use crate::resolve::Resolver;
+use crate::resolve::{Binary, Resolver};
 use crate::sys::bpf;
 use crate::uprobe::Uprobe;
 
@@ -21,7 +21,9 @@ use crate::uprobe::Uprobe;
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum MultiKey {
     Uprobe {
-        path: Arc<str>,
+        /// The file (compared by inode), held open: a rebuild gives the kernel the same
+        /// inode, whatever the path names by then.
+        binary: Arc<Binary>,
         pid: Option<i32>,
         ret: bool,
     },
@@ -53,7 +55,7 @@ pub(crate) fn uprobe_member(
 ) -> Result<(MultiKey, Member), Error> {
     let target = resolver.uprobe(u)?;
     let key = MultiKey::Uprobe {
-        path: target.path,
+        binary: target.binary,
         pid: u.pid_value(),
         ret: u.is_retprobe(),
     };
@@ -87,12 +89,11 @@ pub(crate) fn kprobe_member(k: &Kprobe, probe: &Probe) -> (MultiKey, Member) {
 fn describe(key: &MultiKey, members: &[Member]) -> String {
     match (members, key) {
         ([one], _) => one.probe.to_string(),
-        (_, MultiKey::Uprobe { path, .. }) => {
-            format!(
-                "a uprobe multi link of {} probes on {path:?}",
-                members.len()
-            )
-        }
+        (_, MultiKey::Uprobe { binary, .. }) => format!(
+            "a uprobe multi link of {} probes on {:?}",
+            members.len(),
+            binary.path()
+        ),
         (_, MultiKey::Kprobe { .. }) => {
             format!("a kprobe multi link of {} kernel symbols", members.len())
         }
@@ -158,12 +159,11 @@ pub(crate) fn create(
 ) -> Result<Attached, Error> {
     let cookies: Vec<u64> = members.iter().map(|m| m.cookie).collect();
     match key {
-        MultiKey::Uprobe { path, pid, ret } => {
+        MultiKey::Uprobe { binary, pid, ret } => {
             let offsets: Vec<u64> = members.iter().map(|m| m.offset).collect();
             let refs: Vec<u64> = members.iter().map(|m| m.ref_ctr).collect();
             let refs = refs.iter().any(|&r| r != 0).then_some(&refs[..]);
-            let c_path = CString::new(path.as_bytes())
-                .map_err(|_| Error::invalid(format!("path {path:?}"), "contains a NUL byte"))?;
+            let c_path = CString::new(binary.kernel_path()).expect("an fd path has no NUL");
             let pid_arg = pid.map_or(0, i32::unsigned_abs);
             let fd = bpf::link_create_uprobe_multi(
                 prog,
@@ -175,7 +175,11 @@ pub(crate) fn create(
                 pid_arg,
             )
             .map_err(|e| uprobe_multi_error(describe(key, members), *pid, e))?;
-            Ok(Attached::multi(fd, LinkKind::UprobeMulti))
+            Ok(Attached::multi(
+                fd,
+                LinkKind::UprobeMulti,
+                Some(Arc::clone(binary.ident())),
+            ))
         }
         MultiKey::Kprobe { ret } => {
             let names: Vec<CString> = members
@@ -192,7 +196,7 @@ pub(crate) fn create(
             let ptrs: Vec<&CStr> = names.iter().map(CString::as_c_str).collect();
             let fd = bpf::link_create_kprobe_multi(prog, &ptrs, Some(&cookies), flags(*ret))
                 .map_err(|e| kprobe_multi_error(describe(key, members), e))?;
-            Ok(Attached::multi(fd, LinkKind::KprobeMulti))
+            Ok(Attached::multi(fd, LinkKind::KprobeMulti, None))
         }
     }
 }

@@ -126,14 +126,7 @@ fn open_pmu(spec: &ProbeSpec<'_>) -> Result<PerfEvent, Error> {
         config |= 1 << pmu.retprobe_bit;
     }
     if spec.ref_ctr_offset != 0 {
-        let Some(shift) = pmu.ref_ctr_shift else {
-            return Err(Error::not_supported(
-                "ref_ctr_offset on the uprobe PMU",
-                "the PMU has no ref_ctr_offset format (kernel older than 5.4); use tracefs",
-                None,
-            ));
-        };
-        config |= spec.ref_ctr_offset << shift;
+        config |= ref_ctr_bits(pmu.ref_ctr, spec.ref_ctr_offset)?;
     }
     let name = CString::new(spec.name)
         .map_err(|_| Error::invalid(format!("name {:?}", spec.name), "contains a NUL byte"))?;
@@ -157,6 +150,35 @@ fn open_pmu(spec: &ProbeSpec<'_>) -> Result<PerfEvent, Error> {
         }
         Err(e) => Err(open_error(spec, e)),
     }
+}
+
+/// `ref_ctr_offset` placed in the PMU's `config` field (`field`: lowest bit and width).
+///
+/// # Errors
+/// Not supported (which sends [`Backend::Auto`] to tracefs) when the PMU has no such field
+/// or the offset does not fit in it: the kernel would silently take the low bits and count
+/// the semaphore at another offset.
+fn ref_ctr_bits(field: Option<(u32, u32)>, offset: u64) -> Result<u64, Error> {
+    let Some((shift, width)) = field else {
+        return Err(Error::not_supported(
+            "ref_ctr_offset on the uprobe PMU",
+            "the PMU has no ref_ctr_offset format (kernel older than 5.4); use tracefs",
+            None,
+        ));
+    };
+    if width < 64 && offset >> width != 0 {
+        return Err(Error::not_supported(
+            format!("ref_ctr_offset {offset:#x} on the uprobe PMU"),
+            format!(
+                "the PMU carries {width} bits of ref_ctr_offset (config:{shift}-{}), at most \
+                 {:#x}; use Backend::Tracefs (or Auto) for larger offsets",
+                shift + width - 1,
+                (1u64 << width) - 1
+            ),
+            None,
+        ));
+    }
+    Ok(offset << shift)
 }
 
 /// Creates the probe as a tracefs event and opens a tracepoint perf event on it. Nothing
@@ -207,6 +229,19 @@ pub(crate) fn open(spec: &ProbeSpec<'_>, backend: Backend) -> Result<PerfEvent, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ref_ctr_offsets_that_do_not_fit_are_refused() {
+        assert_eq!(ref_ctr_bits(Some((32, 32)), 0x1234).unwrap(), 0x1234 << 32);
+        assert_eq!(
+            ref_ctr_bits(Some((32, 32)), 0xffff_ffff).unwrap(),
+            0xffff_ffff << 32
+        );
+        let e = ref_ctr_bits(Some((32, 32)), (1 << 32) | 0x10).unwrap_err();
+        assert!(e.is_not_supported(), "{e}");
+        assert!(e.to_string().contains("32 bits"), "{e}");
+        assert!(ref_ctr_bits(None, 8).unwrap_err().is_not_supported());
+    }
 
     #[test]
     fn errno_mapping() {

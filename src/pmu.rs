@@ -21,8 +21,9 @@ pub(crate) struct Pmu {
     pub type_: u32,
     /// The bit of `config` that makes a return probe.
     pub retprobe_bit: u32,
-    /// The shift of `ref_ctr_offset` inside `config` (uprobe only; kernel 5.4+).
-    pub ref_ctr_shift: Option<u32>,
+    /// Where `ref_ctr_offset` sits inside `config`: its lowest bit and its width (uprobe
+    /// only; kernel 5.4+; `config:32-63` on x86-64, so 32 bits).
+    pub ref_ctr: Option<(u32, u32)>,
 }
 
 /// The PMU for `kind`, or `None` when the kernel has none (no `CONFIG_KPROBES`, or a
@@ -44,14 +45,14 @@ fn read_pmu(dir: &Path) -> Option<Pmu> {
         .parse()
         .ok()?;
     let retprobe_bit = parse_format(&std::fs::read_to_string(dir.join("format/retprobe")).ok()?)?.0;
-    let ref_ctr_shift = std::fs::read_to_string(dir.join("format/ref_ctr_offset"))
+    let ref_ctr = std::fs::read_to_string(dir.join("format/ref_ctr_offset"))
         .ok()
         .and_then(|s| parse_format(&s))
-        .map(|(lo, _)| lo);
+        .map(|(lo, hi)| (lo, hi - lo + 1));
     Some(Pmu {
         type_,
         retprobe_bit,
-        ref_ctr_shift,
+        ref_ctr,
     })
 }
 
@@ -93,11 +94,11 @@ mod tests {
             Some(Pmu {
                 type_: 6,
                 retprobe_bit: 0,
-                ref_ctr_shift: None
+                ref_ctr: None
             })
         );
         std::fs::write(dir.join("format/ref_ctr_offset"), "config:32-63\n").unwrap();
-        assert_eq!(read_pmu(&dir).unwrap().ref_ctr_shift, Some(32));
+        assert_eq!(read_pmu(&dir).unwrap().ref_ctr, Some((32, 32)));
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(read_pmu(&dir), None);
     }

@@ -1,9 +1,19 @@
-//! Symbols to kernel targets: a uprobe's binary and symbol to the path and file offset the
-//! kernel is given (each binary's ELF read once per batch), a kprobe's symbol to the name
-//! the kernel knows (`/proc/kallsyms` read once per batch, and only when needed).
+//! Symbols to kernel targets: a uprobe's binary and symbol to the file and offset the
+//! kernel is given (each binary opened and parsed once per batch), a kprobe's symbol to the
+//! name the kernel knows (`/proc/kallsyms` read once per batch, and only when needed).
+//!
+//! A uprobe is bound to the inode that was parsed: the binary is opened once, its ELF is
+//! read through that descriptor, and the kernel is given `/proc/self/fd/N` (the PMU,
+//! `uprobe_multi` and tracefs all resolve it to that inode). A path that is replaced or
+//! renamed afterwards never moves a probe, a rebuild or an offset onto another file.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::fmt;
+use std::fs::File;
+use std::hash::{Hash, Hasher};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::elf::ElfSymbols;
@@ -12,11 +22,108 @@ use crate::kallsyms;
 use crate::kprobe::Kprobe;
 use crate::uprobe::{Target, Uprobe};
 
-/// Where one uprobe goes: the binary's absolute path and the file offset.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Which file a probe is on: the path the caller named and the inode it named when the
+/// probe was resolved. Kept by every attachment of a uprobe (no descriptor).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct FileIdent {
+    /// The absolute path the caller named.
+    pub path: PathBuf,
+    /// The parsed file's (device, inode).
+    pub id: (u64, u64),
+}
+
+impl FileIdent {
+    /// Whether the path now names another file than the one the probes are on (it was
+    /// replaced, as a package upgrade does, or removed). One `stat`.
+    pub(crate) fn is_replaced(&self) -> bool {
+        std::fs::metadata(&self.path).map_or(true, |m| (m.dev(), m.ino()) != self.id)
+    }
+}
+
+/// A binary as it was resolved: the file that was parsed, held open.
+pub(crate) struct Binary {
+    file: File,
+    ident: Arc<FileIdent>,
+    /// `/proc/self/fd/N`: how the kernel is told the file.
+    kernel_path: String,
+}
+
+impl Binary {
+    /// Opens `path` (following symlinks, once) and pins the inode it names now.
+    ///
+    /// # Errors
+    /// Not found, permission denied, invalid input (a path that is not UTF-8).
+    pub(crate) fn open(path: &Path) -> Result<Binary, Error> {
+        let what = || format!("binary {path:?}");
+        let absolute =
+            std::path::absolute(path).map_err(|e| Error::syscall("getcwd", what(), e))?;
+        if absolute.to_str().is_none() {
+            return Err(Error::invalid(what(), "the path must be UTF-8"));
+        }
+        let file = File::open(&absolute).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::not_found(what(), "", Some(e)),
+            _ => Error::syscall("open", what(), e),
+        })?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::syscall("fstat", what(), e))?;
+        Ok(Binary {
+            kernel_path: format!("/proc/self/fd/{}", file.as_raw_fd()),
+            file,
+            ident: Arc::new(FileIdent {
+                path: absolute,
+                id: (meta.dev(), meta.ino()),
+            }),
+        })
+    }
+
+    /// `/proc/self/fd/N`, the name the kernel is given: it resolves to the parsed inode.
+    pub(crate) fn kernel_path(&self) -> &str {
+        &self.kernel_path
+    }
+
+    /// The absolute path the caller named.
+    pub(crate) fn path(&self) -> &Path {
+        &self.ident.path
+    }
+
+    /// Which file this is.
+    pub(crate) fn ident(&self) -> &Arc<FileIdent> {
+        &self.ident
+    }
+}
+
+impl fmt::Debug for Binary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Binary")
+            .field("path", &self.ident.path)
+            .field("id", &self.ident.id)
+            .field("fd", &self.file.as_raw_fd())
+            .field("kernel_path", &self.kernel_path)
+            .finish()
+    }
+}
+
+/// Two binaries are the same when they are the same inode.
+impl PartialEq for Binary {
+    fn eq(&self, other: &Binary) -> bool {
+        self.ident.id == other.ident.id
+    }
+}
+
+impl Eq for Binary {}
+
+impl Hash for Binary {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.ident.id.hash(state);
+    }
+}
+
+/// Where one uprobe goes: the binary (held open) and the file offset.
+#[derive(Clone, Debug)]
 pub(crate) struct UprobeTarget {
-    /// The absolute path, as the kernel is given it. Shared by every probe on the binary.
-    pub path: Arc<str>,
+    /// The file. Shared by every probe on it.
+    pub binary: Arc<Binary>,
     /// The file offset of the probed instruction.
     pub offset: u64,
 }
@@ -27,7 +134,7 @@ pub(crate) struct UprobeTarget {
 #[derive(Default)]
 pub(crate) struct Resolver {
     kallsyms: Option<HashSet<String>>,
-    binaries: HashMap<PathBuf, (Arc<ElfSymbols>, Arc<str>)>,
+    binaries: HashMap<PathBuf, (Arc<ElfSymbols>, Arc<Binary>)>,
 }
 
 impl Resolver {
@@ -38,12 +145,14 @@ impl Resolver {
     /// offset that overflows).
     pub(crate) fn uprobe(&mut self, u: &Uprobe) -> Result<UprobeTarget, Error> {
         if !self.binaries.contains_key(u.binary()) {
-            let loaded = (ElfSymbols::load(u.binary())?, absolute_path(u)?);
-            self.binaries.insert(u.binary().to_path_buf(), loaded);
+            let binary = Binary::open(u.binary())?;
+            let symbols = load_symbols(&binary)?;
+            self.binaries
+                .insert(u.binary().to_path_buf(), (symbols, Arc::new(binary)));
         }
-        let (symbols, path) = &self.binaries[u.binary()];
+        let (symbols, binary) = &self.binaries[u.binary()];
         Ok(UprobeTarget {
-            path: Arc::clone(path),
+            binary: Arc::clone(binary),
             offset: offset_in(u, symbols)?,
         })
     }
@@ -93,14 +202,10 @@ fn offset_in(u: &Uprobe, symbols: &ElfSymbols) -> Result<u64, Error> {
     })
 }
 
-/// The binary's absolute path, as the kernel is given it.
-fn absolute_path(u: &Uprobe) -> Result<Arc<str>, Error> {
-    let path = std::path::absolute(u.binary())
-        .map_err(|e| Error::syscall("getcwd", format!("{:?}", u.binary()), e))?;
-    path.into_os_string()
-        .into_string()
-        .map(Arc::from)
-        .map_err(|p| Error::invalid(format!("uprobe binary {p:?}"), "the path must be UTF-8"))
+/// The symbols of the file `binary` holds open (parsed through that descriptor, so they
+/// are the symbols of the inode the kernel will be given).
+fn load_symbols(binary: &Binary) -> Result<Arc<ElfSymbols>, Error> {
+    ElfSymbols::load(Path::new(binary.kernel_path()))
 }
 
 /// The symbol with the architecture's syscall wrapper prefix (`sys_getpid` ->
@@ -168,7 +273,9 @@ mod tests {
         let mut r = Resolver::default();
         let a = r.uprobe(&Uprobe::at_offset(&exe, 0x10)).unwrap();
         let b = r.uprobe(&Uprobe::at_offset(&exe, 0x10).offset(2)).unwrap();
-        assert!(Arc::ptr_eq(&a.path, &b.path));
+        assert!(Arc::ptr_eq(&a.binary, &b.binary));
+        assert!(a.binary.kernel_path().starts_with("/proc/self/fd/"));
+        assert!(!a.binary.ident().is_replaced());
         assert_eq!((a.offset, b.offset), (0x10, 0x12));
         assert_eq!(r.binaries.len(), 1);
     }

@@ -117,6 +117,11 @@ impl Uprobe {
     }
 
     /// An entry probe at a raw file offset of `binary` (no symbol lookup).
+    ///
+    /// The offset must be the first byte of an instruction inside an executable segment:
+    /// the kernel cannot check that, and a breakpoint written into the middle of an
+    /// instruction corrupts the traced program (wrong results, crashes). Offset 0 (the ELF
+    /// header) and offsets of 2^63 and more are refused.
     pub fn at_offset(binary: impl Into<PathBuf>, file_offset: u64) -> Uprobe {
         Uprobe {
             target: Target::FileOffset(file_offset),
@@ -125,6 +130,10 @@ impl Uprobe {
     }
 
     /// Added to the symbol's (or the raw) file offset.
+    ///
+    /// The result must be the first byte of an instruction: a breakpoint in the middle of
+    /// an instruction corrupts the traced program (the kernel cannot tell). Use an offset
+    /// from a disassembly of this very file.
     #[must_use]
     pub fn offset(self, offset: u64) -> Uprobe {
         Uprobe { offset, ..self }

@@ -95,6 +95,7 @@ pub(crate) fn uprobe(u: &Uprobe) -> Result<(), Error> {
             ));
         }
     }
+    uprobe_offset(u)?;
     if let Some(pid) = u.pid_value() {
         if pid <= 0 {
             return Err(Error::invalid(
@@ -104,6 +105,29 @@ pub(crate) fn uprobe(u: &Uprobe) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// The kernel takes a file offset as a signed 64-bit `loff_t`.
+const MAX_FILE_OFFSET: u64 = i64::MAX as u64;
+
+/// A uprobe's offsets: what the kernel could never fire on.
+fn uprobe_offset(u: &Uprobe) -> Result<(), Error> {
+    let (total, raw) = match u.target() {
+        Target::FileOffset(o) => (o.checked_add(u.offset_value()), true),
+        Target::Symbol(_) => (Some(u.offset_value()), false),
+    };
+    match total {
+        Some(0) if raw => Err(Error::invalid(
+            format!("file offset 0 for {u}"),
+            "offset 0 is the ELF header, not an instruction; give the offset of a function \
+             (Uprobe::new resolves symbols)",
+        )),
+        Some(o) if o <= MAX_FILE_OFFSET => Ok(()),
+        _ => Err(Error::invalid(
+            format!("offset of {u}"),
+            "a file offset must be below 2^63 (the kernel's loff_t)",
+        )),
+    }
 }
 
 /// Checks either kind of probe.
@@ -237,8 +261,42 @@ mod tests {
             .validate()
             .unwrap_err()
             .is_invalid_input());
-        Uprobe::at_offset("/bin/true", 0).validate().unwrap();
+        Uprobe::at_offset("/bin/true", 0x1000).validate().unwrap();
         Uprobe::new("/bin/true", "main").pid(1).validate().unwrap();
+    }
+
+    #[test]
+    fn uprobe_offsets_that_can_never_fire() {
+        let e = Uprobe::at_offset("/bin/true", 0).validate().unwrap_err();
+        assert!(
+            e.is_invalid_input() && e.to_string().contains("ELF header"),
+            "{e}"
+        );
+        Uprobe::at_offset("/bin/true", 0)
+            .offset(0x40)
+            .validate()
+            .unwrap();
+        let e = Uprobe::at_offset("/bin/true", 1 << 63)
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("2^63"), "{e}");
+        assert!(Uprobe::at_offset("/bin/true", u64::MAX)
+            .validate()
+            .unwrap_err()
+            .is_invalid_input());
+        assert!(Uprobe::at_offset("/bin/true", u64::MAX - 1)
+            .offset(4)
+            .validate()
+            .unwrap_err()
+            .is_invalid_input());
+        assert!(Uprobe::new("/bin/true", "main")
+            .offset(1 << 63)
+            .validate()
+            .unwrap_err()
+            .is_invalid_input());
+        Uprobe::at_offset("/bin/true", MAX_FILE_OFFSET)
+            .validate()
+            .unwrap();
     }
 
     #[test]

@@ -8,11 +8,16 @@ use std::hint::black_box;
 
 use common::{can_run, exe, symbol_of, tracefs};
 use probeset::counter::{Counter, Flavour};
-use probeset::{Backend, LinkKind, Uprobe};
+use probeset::{Backend, LinkKind, ProbeSet, Uprobe};
 
 #[inline(never)]
 fn ioctl_target(x: u64) -> u64 {
     black_box(x).wrapping_mul(43) ^ 0x1d
+}
+
+#[inline(never)]
+fn ioctl_other(x: u64) -> u64 {
+    black_box(x).wrapping_mul(47) ^ 0x2d
 }
 
 #[test]
@@ -22,6 +27,7 @@ fn without_perf_links_programs_attach_by_ioctl_and_cookies_are_refused() {
     }
     tracefs();
     probeset::raw::force_perf_event_ioctl(true);
+    black_box(ioctl_other(0));
     common::runtime().block_on(async {
         let counter = Counter::load(Flavour::Plain, 2).unwrap();
         let fds = common::fd_count();
@@ -54,6 +60,22 @@ fn without_perf_links_programs_attach_by_ioctl_and_cookies_are_refused() {
             assert!(err.is_not_supported(), "{err}");
             assert!(err.to_string().contains("cookie"), "{err}");
         }
+        // Automatic cookies cannot reach a plain program either: refused before anything
+        // is created, not by the second probe of the batch.
+        let mut set = ProbeSet::new(&counter).unwrap().auto_cookies(true);
+        let probes = ["ioctl_target", "ioctl_other"]
+            .map(|f| Uprobe::new(exe(), symbol_of(f)).backend(Backend::Tracefs));
+        let err = set.attach(probes).await.unwrap_err();
+        assert!(err.is_not_supported(), "{err}");
+        assert!(err.to_string().contains("automatic cookies"), "{err}");
+        assert!(set.is_empty());
+        assert!(
+            common::our_events("uprobe_events", std::process::id()).is_empty(),
+            "no event was created"
+        );
+        black_box(ioctl_target(2));
+        assert_eq!(counter.get(0).unwrap(), 17, "nothing was attached");
+        drop(set);
         probeset::cleanup::wait_idle().await;
         assert_eq!(common::fd_count(), fds, "nothing left behind");
         assert!(common::our_events("uprobe_events", std::process::id()).is_empty());

@@ -153,7 +153,7 @@ impl ProbeSet {
         let (fresh, bad) = self.prepare(probes.clone());
         let mut errors: HashMap<Probe, Error> = bad.into_iter().collect();
         if !fresh.is_empty() {
-            let built = match self.kind().await {
+            let built = match self.usable_kind().await {
                 Ok(kind) => self.build(kind, fresh.clone(), false).await,
                 Err(e) => Err(e),
             };

@@ -13,7 +13,7 @@ use super::plan;
 use crate::attach::attach_one;
 use crate::blocking;
 use crate::error::Error;
-use crate::link::Attached;
+use crate::link::{self, Attached};
 use crate::multi_link::{self, Member, MultiKey, Sink};
 use crate::probe::Probe;
 use crate::program::ProgramKind;
@@ -154,9 +154,22 @@ struct Workers {
     atomic: bool,
 }
 
+/// One chunk's outcomes. Dropped unread (its batch's future was dropped), it releases what
+/// it attached in parallel, on a thread of its own, as a detach would; attachments dropped
+/// one by one would queue on the background thread, one release after the other (200
+/// tracefs probes: 43 s against 0.6 s).
+struct Chunk(Vec<(Probe, Result<Attached, Error>)>);
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        let attached: Vec<Attached> = self.0.drain(..).filter_map(|(_, r)| r.ok()).collect();
+        link::release_all_in_background(attached);
+    }
+}
+
 impl Workers {
     /// Attaches one chunk, one probe after the other, until done or told to stop.
-    fn run(&self, chunk: Vec<Probe>) -> Vec<(Probe, Result<Attached, Error>)> {
+    fn run(&self, chunk: Vec<Probe>) -> Chunk {
         let mut out = Vec::with_capacity(chunk.len());
         let mut resolver = Resolver::default();
         for probe in chunk {
@@ -180,7 +193,7 @@ impl Workers {
             });
             out.push((probe, r));
         }
-        out
+        Chunk(out)
     }
 }
 
@@ -208,7 +221,7 @@ async fn build_singles(batch: &Batch<'_>, fresh: Vec<Probe>, atomic: bool) -> Re
     let results = futures::future::join_all(tasks).await;
     let mut built = Built::default();
     for chunk in results {
-        for (probe, r) in chunk? {
+        for (probe, r) in std::mem::take(&mut chunk?.0) {
             match r {
                 Ok(a) => built.singles.push((probe, a)),
                 Err(e) => built.failed.push((probe, e)),

@@ -1,13 +1,15 @@
 //! What a set holds in the kernel, and its bookkeeping: each probe's slot (a link of its
 //! own, or a place in a multi link), the multi links with their members.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::backend::Backend;
 use crate::error::Error;
 use crate::link::{self, Attached, LinkKind};
 use crate::multi_link::{Member, MultiKey};
 use crate::probe::Probe;
+use crate::resolve::FileIdent;
 
 #[derive(Debug)]
 pub(super) enum Holder {
@@ -123,6 +125,23 @@ impl Held {
                 .values()
                 .filter(|s| matches!(s.holder, Holder::Single(_)))
                 .count()
+    }
+
+    /// The files the held uprobes are on, each once.
+    pub(super) fn binaries(&self) -> Vec<Arc<FileIdent>> {
+        let singles = self.slots.values().filter_map(|s| match &s.holder {
+            Holder::Single(a) => a.binary.clone(),
+            Holder::Multi(_) => None,
+        });
+        let multis = self
+            .multis
+            .values()
+            .filter_map(|m| m.attached.binary.clone());
+        let mut seen = HashSet::new();
+        singles
+            .chain(multis)
+            .filter(|b| seen.insert(Arc::clone(b)))
+            .collect()
     }
 
     /// The multi links: id, key, members.

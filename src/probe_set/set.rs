@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -16,6 +17,7 @@ use crate::blocking;
 use crate::cleanup;
 use crate::error::Error;
 use crate::link::LinkKind;
+use crate::perf_link;
 use crate::probe::Probe;
 use crate::program::{self, ProgramKind};
 
@@ -151,6 +153,24 @@ impl ProbeSet {
         self.held.link_count()
     }
 
+    /// The binaries whose paths now name another file than the one the set's uprobes on
+    /// them are on (replaced by a package upgrade, renamed or removed), as they were named.
+    ///
+    /// The probes stay on the files they were attached to: they keep counting in the
+    /// processes that still run the old file, never in the new one, and a rebuild (a
+    /// removal from a multi link) re-creates them on the old file too. To follow an
+    /// upgrade, attach the probes again (they resolve the new file) and remove the old
+    /// ones. One `stat` per binary.
+    #[must_use]
+    pub fn replaced_binaries(&self) -> Vec<PathBuf> {
+        self.held
+            .binaries()
+            .into_iter()
+            .filter(|b| b.is_replaced())
+            .map(|b| b.path.clone())
+            .collect()
+    }
+
     /// How the program attaches, once the set has found out (after the first attach).
     #[must_use]
     pub fn program_kind(&self) -> Option<ProgramKind> {
@@ -166,6 +186,22 @@ impl ProbeSet {
         let k = blocking::run(move || program::kind(prog.as_fd())).await?;
         self.kind = Some(k);
         Ok(k)
+    }
+
+    /// The program's kind, and whether the set's options can work with it: automatic
+    /// cookies need BPF perf links for a plain program (kernel 5.15+).
+    pub(super) async fn usable_kind(&mut self) -> Result<ProgramKind, Error> {
+        let kind = self.kind().await?;
+        if self.auto_cookies && kind == ProgramKind::Plain && !perf_link::kernel_has_perf_links() {
+            return Err(Error::not_supported(
+                "automatic cookies",
+                "this kernel has no BPF perf links (5.15+), so a cookie cannot reach a plain \
+                 program; turn auto_cookies off (every probe gets cookie 0) or load the \
+                 program for a multi link",
+                None,
+            ));
+        }
+        Ok(kind)
     }
 
     /// The new probes of a batch (see [`plan::prepare`]).
@@ -238,7 +274,7 @@ impl ProbeSet {
         if fresh.is_empty() {
             return Ok(());
         }
-        let kind = self.kind().await?;
+        let kind = self.usable_kind().await?;
         // Room for the new entries now, not after the probes exist.
         self.held.reserve(fresh.len());
         let built = self.build(kind, fresh, true).await?;
