@@ -179,7 +179,10 @@ pub(crate) fn attach_one(
     }
     match (kind.is_multi(), probe) {
         (true, _) => one_probe_multi(prog, probe, resolver),
-        (false, Probe::Kprobe(k)) => kprobe_perf(prog, k),
+        (false, Probe::Kprobe(k)) => match k.address() {
+            Some(address) => kprobe_perf_at(prog, k, address, resolver),
+            None => kprobe_perf(prog, k),
+        },
         (false, Probe::Uprobe(u)) => uprobe_perf(prog, u, resolver),
     }
 }
@@ -193,7 +196,7 @@ fn one_probe_multi(
 ) -> Result<Attached, Error> {
     validate::for_multi_link(probe)?;
     let (key, mut member) = match probe {
-        Probe::Kprobe(k) => multi_link::kprobe_member(k, probe),
+        Probe::Kprobe(k) => multi_link::kprobe_member(k, probe, resolver)?,
         Probe::Uprobe(u) => multi_link::uprobe_member(u, probe, resolver)?,
     };
     match multi_link::create(prog, &key, std::slice::from_ref(&member)) {
@@ -230,6 +233,7 @@ fn kprobe_perf(prog: BorrowedFd<'_>, k: &Kprobe) -> Result<Attached, Error> {
             ref_ctr_offset: 0,
             pid: None,
             maxactive: k.maxactive_value(),
+            address: None,
             event_hint: symbol,
             display: &display,
         };
@@ -244,6 +248,33 @@ fn kprobe_perf(prog: BorrowedFd<'_>, k: &Kprobe) -> Result<Attached, Error> {
         },
         other => other,
     }
+}
+
+/// A kprobe at a kernel text address on a perf event, the address checked against
+/// `/proc/kallsyms` first.
+fn kprobe_perf_at(
+    prog: BorrowedFd<'_>,
+    k: &Kprobe,
+    address: u64,
+    resolver: &mut Resolver,
+) -> Result<Attached, Error> {
+    let (function, offset) = resolver.kernel_function_at(address)?;
+    let name = format!("{address:#x}");
+    let display = format!("{k} ({function}+{offset:#x})");
+    let hint = format!("{function}_{offset:x}");
+    let spec = ProbeSpec {
+        kind: ProbeKind::Kprobe,
+        ret: k.is_retprobe(),
+        name: &name,
+        offset: 0,
+        ref_ctr_offset: 0,
+        pid: None,
+        maxactive: k.maxactive_value(),
+        address: Some(address),
+        event_hint: &hint,
+        display: &display,
+    };
+    attach_perf(prog, &spec, k.backend_value(), k.cookie_value(), None)
 }
 
 /// A uprobe on a perf event.
@@ -263,6 +294,7 @@ fn uprobe_perf(
         ref_ctr_offset: u.ref_ctr_offset_value(),
         pid: u.pid_value(),
         maxactive: None,
+        address: None,
         event_hint: &hint,
         display: &display,
     };

@@ -73,17 +73,53 @@ pub enum Error {
     },
 
     /// The kernel refused for lack of privilege.
-    #[error(
-        "permission denied: {call} for {target}; run as root, or with CAP_BPF and CAP_PERFMON"
-    )]
+    #[error("permission denied: {call} for {target}; it needs {needs}")]
     PermissionDenied {
         /// The syscall or file operation.
         call: &'static str,
         /// What it was for.
         target: String,
+        /// The privilege the operation needs, as the kernel checks it (a capability, or a
+        /// file permission).
+        needs: String,
         /// The errno.
         #[source]
         source: io::Error,
+    },
+
+    /// The kernel cannot place a uprobe on the instruction at that offset (`ENOTSUPP`): a
+    /// trap instruction such as `int3`, or one uprobes refuse to single-step. Not a missing
+    /// kernel feature: another path (tracefs) would refuse it too.
+    #[error(
+        "{what}: the kernel cannot probe the instruction there ({hint}); probe another offset"
+    )]
+    Unprobeable {
+        /// The probe.
+        what: String,
+        /// What the instruction is, as far as it is known.
+        hint: String,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A kernel symbol name that `/proc/kallsyms` lists more than once (static functions of
+    /// the same name in different files or modules): the kernel cannot tell which one is
+    /// meant (`EADDRNOTAVAIL` since 6.6). Attach each candidate with
+    /// [`Kprobe::at_address`](crate::kprobe::Kprobe::at_address), or `MOD:SYM` for one in a
+    /// module.
+    #[error(
+        "kernel symbol {symbol:?} is ambiguous: {}; attach one with Kprobe::at_address",
+        list_candidates(candidates)
+    )]
+    AmbiguousSymbol {
+        /// The name given.
+        symbol: String,
+        /// Each function of that name: its address and module (`None`: the kernel image).
+        candidates: Vec<(u64, Option<String>)>,
+        /// The kernel's answer, when it was the kernel that said so.
+        #[source]
+        source: Option<io::Error>,
     },
 
     /// A syscall or file operation failed in a way none of the other variants describes.
@@ -195,6 +231,22 @@ fn prog_type_name(t: u32) -> &'static str {
         .unwrap_or("newer")
 }
 
+/// `0xADDR, 0xADDR [mod]` for an ambiguous symbol's candidates.
+fn list_candidates(candidates: &[(u64, Option<String>)]) -> String {
+    use std::fmt::Write as _;
+    let mut s = format!("{} functions of that name", candidates.len());
+    for (i, (addr, module)) in candidates.iter().take(8).enumerate() {
+        let _ = write!(s, "{}{addr:#x}", if i == 0 { " at " } else { ", " });
+        if let Some(m) = module {
+            let _ = write!(s, " [{m}]");
+        }
+    }
+    if candidates.len() > 8 {
+        let _ = write!(s, ", ...");
+    }
+    s
+}
+
 /// `: PROBE: ERROR; PROBE: ERROR; ...` for the first few failures of a batch.
 fn list_failures(failures: &[(Probe, Error)]) -> String {
     use std::fmt::Write as _;
@@ -245,13 +297,15 @@ impl Error {
         }
     }
 
-    /// The input was rejected before it reached the kernel.
+    /// The input was rejected before it reached the kernel (or names something the kernel
+    /// cannot resolve as given: an ambiguous symbol).
     #[must_use]
     pub fn is_invalid_input(&self) -> bool {
         match self {
             Error::InvalidInput { .. }
             | Error::NotBpfProgram { .. }
-            | Error::WrongProgramType { .. } => true,
+            | Error::WrongProgramType { .. }
+            | Error::AmbiguousSymbol { .. } => true,
             Error::Many { first, .. } => first.is_invalid_input(),
             Error::Batch { source, .. } => source.is_invalid_input(),
             Error::Probes { failures, .. } => {
@@ -275,15 +329,35 @@ impl Error {
         }
     }
 
+    /// The kernel cannot probe the instruction at the probe's offset (`ENOTSUPP`: a trap
+    /// instruction such as `int3`). The same answer on every path (the PMU, tracefs, a
+    /// uprobe multi link); [`Backend::Auto`](crate::backend::Backend::Auto) does not fall
+    /// back for it.
+    #[must_use]
+    pub fn is_unprobeable(&self) -> bool {
+        match self {
+            Error::Unprobeable { .. } => true,
+            Error::Many { first, .. } => first.is_unprobeable(),
+            Error::Batch { source, .. } => source.is_unprobeable(),
+            Error::Probes { failures, .. } => {
+                failures.first().is_some_and(|(_, e)| e.is_unprobeable())
+            }
+            _ => false,
+        }
+    }
+
     /// The errno behind this error, if a syscall produced it.
     #[must_use]
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
             Error::NotBpfProgram { source, .. }
             | Error::PermissionDenied { source, .. }
+            | Error::Unprobeable { source, .. }
             | Error::Syscall { source, .. }
             | Error::OutOfFileDescriptors { source, .. } => source.raw_os_error(),
-            Error::NotFound { source, .. } | Error::NotSupported { source, .. } => {
+            Error::NotFound { source, .. }
+            | Error::NotSupported { source, .. }
+            | Error::AmbiguousSymbol { source, .. } => {
                 source.as_ref().and_then(io::Error::raw_os_error)
             }
             Error::Many { first, .. } => first.raw_os_error(),
@@ -340,6 +414,7 @@ impl Error {
             Some(libc::EPERM | libc::EACCES) => Error::PermissionDenied {
                 call,
                 target,
+                needs: "root, or CAP_BPF and CAP_PERFMON".into(),
                 source,
             },
             Some(libc::EMFILE) => {
@@ -381,11 +456,26 @@ impl Error {
     /// that offset (a trap instruction such as `int3`). The same kind and message on every
     /// path that can get this answer (the PMU, tracefs, a uprobe multi link).
     pub(crate) fn unprobeable(what: impl Into<String>, source: io::Error) -> Error {
-        Error::not_supported(
-            what,
-            "the kernel cannot probe the instruction there (a trap instruction?)",
-            Some(source),
-        )
+        Error::Unprobeable {
+            what: what.into(),
+            hint: "a trap instruction such as int3, or one uprobes cannot single-step".into(),
+            source,
+        }
+    }
+
+    /// A permission error that says what the operation needs.
+    pub(crate) fn permission(
+        call: &'static str,
+        target: impl Into<String>,
+        needs: impl Into<String>,
+        source: io::Error,
+    ) -> Error {
+        Error::PermissionDenied {
+            call,
+            target: target.into(),
+            needs: needs.into(),
+            source,
+        }
     }
 
     /// This error, shared by every probe of the group it stands for (see [`Error::Batch`]).
@@ -398,6 +488,15 @@ impl Error {
         Error::Batch {
             probe: probe.to_string(),
             source: Arc::clone(group),
+        }
+    }
+
+    /// What a permission error says the operation needs, or the hint of a not-supported
+    /// error, or the whole message.
+    pub(crate) fn needs_or_hint(&self) -> String {
+        match self {
+            Error::PermissionDenied { needs, .. } => format!("permission denied: it needs {needs}"),
+            other => other.hint(),
         }
     }
 

@@ -103,6 +103,44 @@ pub(crate) fn read() -> io::Result<String> {
     std::fs::read_to_string(PATH)
 }
 
+/// Every function named `name` in `text` (a `/proc/kallsyms` text), with its address
+/// (0 when the addresses are hidden) and module. `name` may be `MOD:SYM`.
+pub(crate) fn functions_named<'a>(text: &'a str, name: &str) -> Vec<(u64, Option<&'a str>)> {
+    let (module, symbol) = match name.split_once(':') {
+        Some((m, s)) => (Some(m), s),
+        None => (None, name),
+    };
+    text.lines()
+        .filter_map(parse_kallsyms_line)
+        .filter(|l| l.is_function() && l.name == symbol && (module.is_none() || l.module == module))
+        .map(|l| (u64::from_str_radix(l.address, 16).unwrap_or(0), l.module))
+        .collect()
+}
+
+/// The function of `text` whose code holds `address`: its name, module and the offset of
+/// `address` into it. `None` when no function starts at or below it, or the addresses are
+/// hidden.
+pub(crate) fn function_at(text: &str, address: u64) -> Option<(String, Option<String>, u64)> {
+    let mut best: Option<(u64, KallsymsLine<'_>)> = None;
+    for l in text.lines().filter_map(parse_kallsyms_line) {
+        if !l.is_function() || l.is_stub() {
+            continue;
+        }
+        let Ok(a) = u64::from_str_radix(l.address, 16) else {
+            continue;
+        };
+        if a != 0 && a <= address && best.is_none_or(|(b, _)| a > b) {
+            best = Some((a, l));
+        }
+    }
+    let (start, l) = best?;
+    Some((
+        l.name.to_string(),
+        l.module.map(str::to_string),
+        address - start,
+    ))
+}
+
 /// The function names of `/proc/kallsyms` (text symbols; `[module]` suffixes dropped).
 ///
 /// # Errors

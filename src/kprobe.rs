@@ -26,6 +26,8 @@ use crate::backend::Backend;
 #[derive(Clone, Debug)]
 pub struct Kprobe {
     symbol: String,
+    /// A kernel text address instead of a symbol ([`Kprobe::at_address`]).
+    address: Option<u64>,
     offset: u64,
     cookie: u64,
     ret: bool,
@@ -35,9 +37,10 @@ pub struct Kprobe {
 
 impl Kprobe {
     /// What makes two kprobes the same kernel probe: everything but the cookie.
-    fn identity(&self) -> (&str, u64, bool, Backend, Option<u32>) {
+    fn identity(&self) -> (&str, Option<u64>, u64, bool, Backend, Option<u32>) {
         (
             &self.symbol,
+            self.address,
             self.offset,
             self.ret,
             self.backend,
@@ -63,7 +66,10 @@ impl Hash for Kprobe {
 impl fmt::Display for Kprobe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = if self.ret { "kretprobe" } else { "kprobe" };
-        write!(f, "{kind} {:?}", self.symbol)?;
+        match self.address {
+            Some(a) => write!(f, "{kind} {a:#x}")?,
+            None => write!(f, "{kind} {:?}", self.symbol)?,
+        }
         if self.offset != 0 {
             write!(f, "+{:#x}", self.offset)?;
         }
@@ -72,10 +78,12 @@ impl fmt::Display for Kprobe {
 }
 
 impl Kprobe {
-    /// An entry probe on kernel function `symbol` (as `/proc/kallsyms` names it).
+    /// An entry probe on kernel function `symbol` (as `/proc/kallsyms` names it), or
+    /// `MOD:SYM` for a function of a loaded module (`nf_conntrack:nf_ct_delete`).
     pub fn new(symbol: impl Into<String>) -> Kprobe {
         Kprobe {
             symbol: symbol.into(),
+            address: None,
             offset: 0,
             cookie: 0,
             ret: false,
@@ -89,6 +97,18 @@ impl Kprobe {
         Kprobe {
             ret: true,
             ..Kprobe::new(symbol)
+        }
+    }
+
+    /// An entry probe at a kernel text address, as `/proc/kallsyms` lists it (the way to
+    /// probe one of several static functions that share a name). Checked against
+    /// `/proc/kallsyms` when attached: it must lie inside a kernel function, which needs
+    /// the addresses unhidden (root, or `kernel.kptr_restrict` 0).
+    #[must_use]
+    pub fn at_address(address: u64) -> Kprobe {
+        Kprobe {
+            address: Some(address),
+            ..Kprobe::new(String::new())
         }
     }
 
@@ -123,10 +143,16 @@ impl Kprobe {
         }
     }
 
-    /// The kernel symbol.
+    /// The kernel symbol (empty for a probe made with [`Kprobe::at_address`]).
     #[must_use]
     pub fn symbol(&self) -> &str {
         &self.symbol
+    }
+
+    /// The kernel text address of a probe made with [`Kprobe::at_address`].
+    #[must_use]
+    pub fn address(&self) -> Option<u64> {
+        self.address
     }
 
     /// The offset into the symbol.
@@ -181,6 +207,16 @@ mod tests {
         assert_ne!(a, Kprobe::new("f").backend(Backend::Tracefs));
         let set: HashSet<Probe> = [a.into(), b.into()].into_iter().collect();
         assert_eq!(set.len(), 1);
+    }
+
+    #[test]
+    fn addresses_are_probes_of_their_own() {
+        let a = Kprobe::at_address(0xffff_ffff_8100_0200);
+        assert_eq!(a.address(), Some(0xffff_ffff_8100_0200));
+        assert_eq!(a.symbol(), "");
+        assert_eq!(a.to_string(), "kprobe 0xffffffff81000200");
+        assert_ne!(a, Kprobe::at_address(0xffff_ffff_8100_0210));
+        assert_ne!(a, Kprobe::new(""));
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub(crate) enum MultiKey {
     },
     Kprobe {
         ret: bool,
+        /// The members are kernel text addresses (a link takes names or addresses).
+        by_address: bool,
     },
 }
 
@@ -36,7 +38,7 @@ pub(crate) enum MultiKey {
 #[derive(Clone, Debug)]
 pub(crate) struct Member {
     pub probe: Probe,
-    /// File offset (uprobe) or 0.
+    /// File offset (uprobe), kernel text address (kprobe by address), or 0.
     pub offset: u64,
     /// Kernel symbol as the kernel knows it (kprobe; maybe syscall-prefixed), or empty.
     pub symbol: String,
@@ -69,20 +71,42 @@ pub(crate) fn uprobe_member(
     Ok((key, member))
 }
 
-/// `k` (which is `probe`) as a member of a kprobe multi link, its symbol as given: it is
-/// checked against `/proc/kallsyms` only if the kernel rejects the link.
-pub(crate) fn kprobe_member(k: &Kprobe, probe: &Probe) -> (MultiKey, Member) {
+/// `k` (which is `probe`) as a member of a kprobe multi link. A plain symbol goes as
+/// given: it is checked against `/proc/kallsyms` only if the kernel rejects the link. An
+/// address (checked against kallsyms) and a `MOD:SYM` (resolved there: the kernel's multi
+/// link takes bare names only) go by address.
+///
+/// # Errors
+/// An address no kernel function holds, a `MOD:SYM` that does not exist or is ambiguous.
+pub(crate) fn kprobe_member(
+    k: &Kprobe,
+    probe: &Probe,
+    resolver: &mut Resolver,
+) -> Result<(MultiKey, Member), Error> {
+    let address = match k.address() {
+        Some(a) => {
+            resolver.kernel_function_at(a)?;
+            Some(a)
+        }
+        None if k.symbol().contains(':') => Some(resolver.module_function(k.symbol())?),
+        None => None,
+    };
     let key = MultiKey::Kprobe {
         ret: k.is_retprobe(),
+        by_address: address.is_some(),
     };
     let member = Member {
         probe: probe.clone(),
-        offset: 0,
-        symbol: k.symbol().to_string(),
+        offset: address.unwrap_or(0),
+        symbol: if address.is_some() {
+            String::new()
+        } else {
+            k.symbol().to_string()
+        },
         ref_ctr: 0,
         cookie: k.cookie_value(),
     };
-    (key, member)
+    Ok((key, member))
 }
 
 /// How a multi link is named in messages: its probe, or its size and target.
@@ -181,7 +205,19 @@ pub(crate) fn create(
                 Some(Arc::clone(binary.ident())),
             ))
         }
-        MultiKey::Kprobe { ret } => {
+        MultiKey::Kprobe {
+            ret,
+            by_address: true,
+        } => {
+            let addrs: Vec<u64> = members.iter().map(|m| m.offset).collect();
+            let fd = bpf::link_create_kprobe_multi_addrs(prog, &addrs, Some(&cookies), flags(*ret))
+                .map_err(|e| kprobe_multi_error(describe(key, members), e))?;
+            Ok(Attached::multi(fd, LinkKind::KprobeMulti, None))
+        }
+        MultiKey::Kprobe {
+            ret,
+            by_address: false,
+        } => {
             let names: Vec<CString> = members
                 .iter()
                 .map(|m| {
@@ -251,7 +287,14 @@ fn bisect<S: Sink>(
         Err(e) => e,
     };
     drop(prepared);
-    if matches!(key, MultiKey::Kprobe { .. }) && symbols == Symbols::AsGiven {
+    if matches!(
+        key,
+        MultiKey::Kprobe {
+            by_address: false,
+            ..
+        }
+    ) && symbols == Symbols::AsGiven
+    {
         let mut checked = Vec::with_capacity(members.len());
         for mut m in members {
             let Probe::Kprobe(k) = &m.probe else {

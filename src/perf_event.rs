@@ -7,6 +7,7 @@ use std::os::fd::OwnedFd;
 
 use crate::backend::Backend;
 use crate::error::Error;
+use crate::kallsyms;
 use crate::pmu;
 use crate::probe::ProbeKind;
 use crate::sys::perf;
@@ -27,6 +28,9 @@ pub(crate) struct ProbeSpec<'a> {
     pub ref_ctr_offset: u64,
     pub pid: Option<i32>,
     pub maxactive: Option<u32>,
+    /// A kprobe at a kernel text address: `name` is then the address as tracefs takes it
+    /// (`0x...`), and the PMU is given the address itself.
+    pub address: Option<u64>,
     /// The symbol (or offset) to name a tracefs event after.
     pub event_hint: &'a str,
     /// How to name the probe in messages, e.g. `kprobe "vfs_read"+0x4`.
@@ -57,11 +61,52 @@ pub(crate) struct PerfEvent {
     pub backend: Backend,
 }
 
+/// Which perf event a `perf_event_open` was for: the probe on its PMU, or the tracepoint of a
+/// tracefs event (whose privilege rules differ).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Via {
+    Pmu,
+    Tracepoint,
+}
+
+/// What `perf_event_open` needs for `kind` on `via`, as the kernel checks it.
+fn needs(kind: ProbeKind, via: Via) -> &'static str {
+    match (via, kind) {
+        (Via::Pmu, ProbeKind::Kprobe) => "CAP_PERFMON (or CAP_SYS_ADMIN), as any kernel probe",
+        (Via::Pmu, ProbeKind::Uprobe) => {
+            "CAP_SYS_ADMIN: the uprobe PMU needs it on kernels with the fix for CVE-2025-38466 \
+             (6.18, and the 5.10 to 6.12 stable series); without it use tracefs (write access \
+             to uprobe_events) or a program loaded for uprobe_multi, which needs no capability \
+             beyond its fd"
+        }
+        (Via::Tracepoint, _) => "CAP_PERFMON (or CAP_SYS_ADMIN) for a system-wide perf event",
+    }
+}
+
+/// The candidates of an ambiguous kernel symbol, from `/proc/kallsyms`.
+fn ambiguous(symbol: &str, e: io::Error) -> Error {
+    let text = kallsyms::read().unwrap_or_default();
+    let candidates = kallsyms::functions_named(&text, symbol)
+        .into_iter()
+        .map(|(address, module)| (address, module.map(str::to_string)))
+        .collect();
+    Error::AmbiguousSymbol {
+        symbol: symbol.to_string(),
+        candidates,
+        source: Some(e),
+    }
+}
+
 /// Maps the errno of `perf_event_open` for a probe (on the PMU, or on a tracefs event) to
 /// the crate's error kinds, as cilium/ebpf's `link/kprobe.go` does.
-pub(crate) fn open_error(spec: &ProbeSpec<'_>, e: io::Error) -> Error {
+pub(crate) fn open_error(spec: &ProbeSpec<'_>, via: Via, e: io::Error) -> Error {
     let what = spec.display.to_string();
     match e.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => {
+            Error::permission("perf_event_open", what, needs(spec.kind, via), e)
+        }
+        // Since b022f0c7e404 (6.6): a symbol kallsyms lists more than once.
+        Some(libc::EADDRNOTAVAIL) if spec.kind == ProbeKind::Kprobe => ambiguous(spec.name, e),
         // Since 97c753e62e6c the kernel says ENOENT for a missing symbol; before it, EINVAL.
         // For uprobes EINVAL is an offset outside the file.
         Some(libc::ENOENT) => Error::not_found(what, "", Some(e)),
@@ -69,6 +114,10 @@ pub(crate) fn open_error(spec: &ProbeSpec<'_>, e: io::Error) -> Error {
             let hint = match spec.kind {
                 ProbeKind::Kprobe => {
                     "check /proc/kallsyms (or available_filter_functions) for the symbol"
+                }
+                ProbeKind::Uprobe if spec.ref_ctr_offset != 0 => {
+                    "the offset is outside the binary's text, or another probe at this offset \
+                     registered a different ref_ctr_offset (the kernel keeps one per offset)"
                 }
                 ProbeKind::Uprobe => "the offset is outside the binary's text",
             };
@@ -128,9 +177,14 @@ fn open_pmu(spec: &ProbeSpec<'_>) -> Result<PerfEvent, Error> {
     if spec.ref_ctr_offset != 0 {
         config |= ref_ctr_bits(pmu.ref_ctr, spec.ref_ctr_offset)?;
     }
-    let name = CString::new(spec.name)
-        .map_err(|_| Error::invalid(format!("name {:?}", spec.name), "contains a NUL byte"))?;
-    match perf::open_probe(pmu.type_, config, &name, spec.offset, spec.pid) {
+    let opened = if let Some(address) = spec.address {
+        perf::open_probe_at(pmu.type_, config, address, spec.pid)
+    } else {
+        let name = CString::new(spec.name)
+            .map_err(|_| Error::invalid(format!("name {:?}", spec.name), "contains a NUL byte"))?;
+        perf::open_probe(pmu.type_, config, &name, spec.offset, spec.pid)
+    };
+    match opened {
         Ok(fd) => Ok(PerfEvent {
             fd,
             event: None,
@@ -148,7 +202,7 @@ fn open_pmu(spec: &ProbeSpec<'_>) -> Result<PerfEvent, Error> {
                 Some(e),
             ))
         }
-        Err(e) => Err(open_error(spec, e)),
+        Err(e) => Err(open_error(spec, Via::Pmu, e)),
     }
 }
 
@@ -187,7 +241,8 @@ fn open_tracefs(spec: &ProbeSpec<'_>) -> Result<PerfEvent, Error> {
     let event = ProbeEvent::create(&spec.event())?;
     // From here on, dropping `event` removes it.
     let id = event.id()?;
-    let fd = perf::open_tracepoint(id, spec.pid).map_err(|e| open_error(spec, e))?;
+    let fd =
+        perf::open_tracepoint(id, spec.pid).map_err(|e| open_error(spec, Via::Tracepoint, e))?;
     Ok(PerfEvent {
         fd,
         event: Some(event),
@@ -201,28 +256,51 @@ pub(crate) fn open(spec: &ProbeSpec<'_>, backend: Backend) -> Result<PerfEvent, 
     match backend {
         Backend::Pmu => open_pmu(spec).map_err(|e| e.naming(spec.display)),
         Backend::Tracefs => open_tracefs(spec).map_err(|e| e.naming(spec.display)),
-        Backend::Auto => {
-            let pmu_err = match open_pmu(spec) {
-                Ok(ev) => return Ok(ev),
-                Err(e) if e.is_not_supported() => e,
-                Err(e) => return Err(e),
-            };
-            match open_tracefs(spec) {
-                Ok(ev) => Ok(ev),
-                // Both paths missing: say what the PMU lacked and why tracefs did not help.
-                Err(e) if e.is_not_supported() => Err(Error::not_supported(
-                    spec.display,
-                    format!(
-                        "this kernel cannot make {}: {}; and {}",
-                        spec.kind.noun_plural(),
-                        pmu_err.hint(),
-                        e.hint()
-                    ),
-                    None,
-                )),
-                Err(e) => Err(e),
-            }
-        }
+        Backend::Auto => open_auto(spec),
+    }
+}
+
+/// [`Backend::Auto`]: the PMU, then tracefs where the PMU is missing, cannot carry the
+/// probe, or refuses this process's privileges.
+fn open_auto(spec: &ProbeSpec<'_>) -> Result<PerfEvent, Error> {
+    let pmu_err = match open_pmu(spec) {
+        Ok(ev) => return Ok(ev),
+        Err(e) if e.is_not_supported() || e.is_permission_denied() => e,
+        Err(e) => return Err(e),
+    };
+    tracing::debug!(probe = spec.display, reason = %pmu_err, "the perf PMU did not take the probe; trying tracefs");
+    let tracefs_err = match open_tracefs(spec) {
+        Ok(ev) => return Ok(ev),
+        Err(e) if e.is_not_supported() || e.is_permission_denied() => e,
+        Err(e) => return Err(e),
+    };
+    let denied = [&pmu_err, &tracefs_err].into_iter().find_map(|e| match e {
+        Error::PermissionDenied { source, .. } => source.raw_os_error(),
+        _ => None,
+    });
+    match denied {
+        // Refused somewhere: say what each path needed.
+        Some(errno) => Err(Error::permission(
+            "perf_event_open",
+            spec.display,
+            format!(
+                "on the perf PMU, {}; through tracefs, {}",
+                pmu_err.needs_or_hint(),
+                tracefs_err.needs_or_hint()
+            ),
+            io::Error::from_raw_os_error(errno),
+        )),
+        // Both paths missing: say what the PMU lacked and why tracefs did not help.
+        None => Err(Error::not_supported(
+            spec.display,
+            format!(
+                "this kernel cannot make {}: {}; and {}",
+                spec.kind.noun_plural(),
+                pmu_err.hint(),
+                tracefs_err.hint()
+            ),
+            None,
+        )),
     }
 }
 
@@ -253,10 +331,11 @@ mod tests {
             ref_ctr_offset: 0,
             pid: None,
             maxactive: None,
+            address: None,
             event_hint: "nope",
             display: "kprobe \"nope\"",
         };
-        let e = |n| open_error(&s, io::Error::from_raw_os_error(n));
+        let e = |n| open_error(&s, Via::Pmu, io::Error::from_raw_os_error(n));
         assert!(e(libc::ENOENT).is_not_found());
         assert!(e(libc::EINVAL).is_not_found());
         assert!(e(libc::EILSEQ).is_not_found());
@@ -267,5 +346,28 @@ mod tests {
         assert!(e(libc::EACCES).is_permission_denied());
         assert_eq!(e(libc::EBUSY).raw_os_error(), Some(libc::EBUSY));
         assert!(e(libc::EILSEQ).to_string().contains("instruction boundary"));
+        assert!(e(ENOTSUPP).is_unprobeable());
+        assert!(
+            !e(ENOTSUPP).is_not_supported(),
+            "Auto must not fall back for it"
+        );
+        let ambiguous = e(libc::EADDRNOTAVAIL);
+        assert!(
+            matches!(ambiguous, Error::AmbiguousSymbol { .. }),
+            "{ambiguous}"
+        );
+        assert!(ambiguous.is_invalid_input());
+        let uprobe = ProbeSpec {
+            kind: ProbeKind::Uprobe,
+            display: "uprobe \"/bin/x\":0x10",
+            ..s
+        };
+        let denied = open_error(
+            &uprobe,
+            Via::Pmu,
+            io::Error::from_raw_os_error(libc::EACCES),
+        );
+        assert!(denied.is_permission_denied());
+        assert!(denied.to_string().contains("CAP_SYS_ADMIN"), "{denied}");
     }
 }

@@ -134,6 +134,7 @@ pub(crate) struct UprobeTarget {
 #[derive(Default)]
 pub(crate) struct Resolver {
     kallsyms: Option<HashSet<String>>,
+    kallsyms_text: Option<String>,
     binaries: HashMap<PathBuf, (Arc<ElfSymbols>, Arc<Binary>)>,
 }
 
@@ -162,6 +163,77 @@ impl Resolver {
     pub(crate) fn kallsyms(&mut self) -> &HashSet<String> {
         self.kallsyms
             .get_or_insert_with(|| kallsyms::function_names().unwrap_or_default())
+    }
+
+    /// `/proc/kallsyms` as text (read once per resolver).
+    fn kallsyms_text(&mut self) -> Result<&str, Error> {
+        if self.kallsyms_text.is_none() {
+            let text = kallsyms::read()
+                .map_err(|e| Error::syscall("read", kallsyms::PATH.to_string(), e))?;
+            let hidden = text.lines().next().is_some_and(|l| {
+                l.bytes()
+                    .take_while(u8::is_ascii_hexdigit)
+                    .all(|b| b == b'0')
+            });
+            if hidden {
+                return Err(Error::permission(
+                    "read",
+                    kallsyms::PATH.to_string(),
+                    "CAP_SYSLOG (or root) to see kernel addresses in /proc/kallsyms \
+                     (kernel.kptr_restrict)",
+                    std::io::Error::from_raw_os_error(libc::EPERM),
+                ));
+            }
+            self.kallsyms_text = Some(text);
+        }
+        Ok(self.kallsyms_text.as_deref().unwrap_or_default())
+    }
+
+    /// The kernel function whose code holds `address`: its name (as `MOD:SYM` in a module)
+    /// and the offset into it.
+    ///
+    /// # Errors
+    /// Not found when no kernel function holds it; permission denied when this process
+    /// cannot see kernel addresses.
+    pub(crate) fn kernel_function_at(&mut self, address: u64) -> Result<(String, u64), Error> {
+        let text = self.kallsyms_text()?;
+        match kallsyms::function_at(text, address) {
+            Some((name, module, offset)) => {
+                let name = module.map_or_else(|| name.clone(), |m| format!("{m}:{name}"));
+                Ok((name, offset))
+            }
+            None => Err(Error::not_found(
+                format!("kernel function at {address:#x}"),
+                "no function in /proc/kallsyms holds that address",
+                None,
+            )),
+        }
+    }
+
+    /// The address of `MOD:SYM` (exactly one function of that name in that module).
+    ///
+    /// # Errors
+    /// Not found (no such function, or the module is not loaded); the symbol is ambiguous;
+    /// permission denied when this process cannot see kernel addresses.
+    pub(crate) fn module_function(&mut self, name: &str) -> Result<u64, Error> {
+        let text = self.kallsyms_text()?;
+        let found = kallsyms::functions_named(text, name);
+        match found.as_slice() {
+            [(address, _)] => Ok(*address),
+            [] => Err(Error::not_found(
+                format!("kernel symbol {name:?}"),
+                "no such function in /proc/kallsyms (is the module loaded?)",
+                None,
+            )),
+            _ => Err(Error::AmbiguousSymbol {
+                symbol: name.to_string(),
+                candidates: found
+                    .into_iter()
+                    .map(|(a, m)| (a, m.map(str::to_string)))
+                    .collect(),
+                source: None,
+            }),
+        }
     }
 
     /// The kernel's name for `k`'s symbol: as given if `/proc/kallsyms` lists it, else with

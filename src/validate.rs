@@ -20,18 +20,49 @@ pub(crate) fn is_valid_symbol(s: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
 }
 
+/// Whether `s` is a kernel symbol as a kprobe names it: `SYM`, or `MOD:SYM` for a function
+/// of a loaded module (a module name is `[A-Za-z0-9_]`, as the kernel spells it).
+pub(crate) fn is_kprobe_symbol(s: &str) -> bool {
+    match s.split_once(':') {
+        Some((module, symbol)) => {
+            !module.is_empty()
+                && module
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && is_valid_symbol(symbol)
+        }
+        None => is_valid_symbol(s),
+    }
+}
+
 /// Checks a kprobe: symbol syntax, offset and `maxactive`.
 pub(crate) fn kprobe(k: &Kprobe) -> Result<(), Error> {
+    if let Some(address) = k.address() {
+        if address == 0 {
+            return Err(Error::invalid(
+                "kprobe address 0",
+                "name a kernel text address as /proc/kallsyms lists it (as root)",
+            ));
+        }
+        if k.offset_value() != 0 {
+            return Err(Error::invalid(
+                format!("offset {:#x} on {k}", k.offset_value()),
+                "give the address of the instruction itself; an address probe takes no offset",
+            ));
+        }
+        return maxactive(k);
+    }
     if k.symbol().is_empty() {
         return Err(Error::invalid(
             "kprobe symbol \"\"",
             "the symbol is empty; name a kernel function",
         ));
     }
-    if !is_valid_symbol(k.symbol()) {
+    if !is_kprobe_symbol(k.symbol()) {
         return Err(Error::invalid(
             format!("kprobe symbol {:?}", k.symbol()),
-            "a kernel symbol matches ^[a-zA-Z_][0-9a-zA-Z_.]*$ (see /proc/kallsyms)",
+            "a kernel symbol matches ^[a-zA-Z_][0-9a-zA-Z_.]*$ (see /proc/kallsyms), or \
+             MOD:SYM for a function of a module",
         ));
     }
     if k.is_retprobe() && k.offset_value() != 0 {
@@ -44,6 +75,11 @@ pub(crate) fn kprobe(k: &Kprobe) -> Result<(), Error> {
             "a return probe is placed at the function entry; remove the offset",
         ));
     }
+    maxactive(k)
+}
+
+/// A kretprobe's `maxactive`.
+fn maxactive(k: &Kprobe) -> Result<(), Error> {
     if let Some(n) = k.maxactive_value() {
         if !k.is_retprobe() {
             return Err(Error::invalid(
@@ -199,6 +235,11 @@ mod tests {
         for bad in ["", "1abc", ".x", "a b", "a-b", "mod:sym", "a\0b", "é"] {
             assert!(!is_valid_symbol(bad), "{bad:?}");
         }
+        assert!(is_kprobe_symbol("nf_conntrack:nf_ct_delete"));
+        assert!(is_kprobe_symbol("vfs_read"));
+        for bad in [":x", "m:", "m-x:f", "a:b:c", "m:1f"] {
+            assert!(!is_kprobe_symbol(bad), "{bad:?}");
+        }
     }
 
     #[test]
@@ -232,6 +273,19 @@ mod tests {
             .unwrap_err()
             .is_invalid_input());
         Kprobe::retprobe("f").maxactive(8).validate().unwrap();
+        Kprobe::new("nf_conntrack:nf_ct_delete").validate().unwrap();
+        Kprobe::at_address(0xffff_ffff_8100_0000)
+            .validate()
+            .unwrap();
+        assert!(Kprobe::at_address(0)
+            .validate()
+            .unwrap_err()
+            .is_invalid_input());
+        assert!(Kprobe::at_address(0xffff_ffff_8100_0000)
+            .offset(4)
+            .validate()
+            .unwrap_err()
+            .is_invalid_input());
         Kprobe::new("f.isra.0").offset(4).validate().unwrap();
         let msg = Kprobe::new("a b").validate().unwrap_err().to_string();
         assert!(msg.contains("\"a b\""), "{msg}");

@@ -317,6 +317,6 @@ fn multi_member(
     validate::for_multi_link(probe)?;
     match probe {
         Probe::Uprobe(u) => multi_link::uprobe_member(u, probe, resolver),
-        Probe::Kprobe(k) => Ok(multi_link::kprobe_member(k, probe)),
+        Probe::Kprobe(k) => multi_link::kprobe_member(k, probe, resolver),
     }
 }

@@ -191,6 +191,37 @@ pub(crate) fn link_create_kprobe_multi(
     unsafe { bpf_fd(BPF_LINK_CREATE, &mut attr) }
 }
 
+/// Creates a `BPF_TRACE_KPROBE_MULTI` link on kernel text `addrs` (instead of names),
+/// with one cookie per address (or none).
+pub(crate) fn link_create_kprobe_multi_addrs(
+    prog: BorrowedFd<'_>,
+    addrs: &[u64],
+    cookies: Option<&[u64]>,
+    flags: u32,
+) -> io::Result<OwnedFd> {
+    if cookies.is_some_and(|c| c.len() != addrs.len()) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut attr = LinkCreateAttr {
+        prog_fd: fd_u32(prog),
+        target_fd: 0,
+        attach_type: BPF_TRACE_KPROBE_MULTI,
+        flags: 0,
+        tail: KprobeMultiTail {
+            flags,
+            cnt: u32::try_from(addrs.len())
+                .map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
+            syms: 0,
+            addrs: addrs.as_ptr() as u64,
+            cookies: cookies.map_or(0, |c| c.as_ptr() as u64),
+        },
+    };
+    // SAFETY: `attr` is the `link_create` member with the `kprobe_multi` tail; `addrs` and
+    // `cookies` (if set) point to `cnt` u64s each (lengths checked above), borrowed for the
+    // whole call. Returns a new link fd.
+    unsafe { bpf_fd(BPF_LINK_CREATE, &mut attr) }
+}
+
 #[repr(C)]
 struct UprobeMultiTail {
     path: u64,

@@ -94,6 +94,28 @@ pub(crate) fn open_probe(
     unsafe { perf_event_open(&attr, pid) }
 }
 
+/// Opens a perf event on the kprobe PMU at a kernel text address (`config1` 0, the
+/// address in `config2`), `config` carrying the retprobe bit.
+///
+/// Corresponds to `perf_event_open(2)`.
+pub(crate) fn open_probe_at(
+    pmu_type: u32,
+    config: u64,
+    address: u64,
+    pid: Option<i32>,
+) -> io::Result<OwnedFd> {
+    let attr = PerfEventAttr {
+        type_: pmu_type,
+        size: PERF_ATTR_SIZE_VER1,
+        config,
+        config1: 0,
+        config2: address,
+        ..PerfEventAttr::default()
+    };
+    // SAFETY: `config1` is 0 (no function name to read); the address is a plain value.
+    unsafe { perf_event_open(&attr, pid) }
+}
+
 /// Opens a perf event on a tracepoint (a tracefs probe event) by its id.
 ///
 /// Corresponds to `perf_event_open(2)` with `PERF_TYPE_TRACEPOINT`.

@@ -120,8 +120,14 @@ fn kprobes_group_by_direction() {
         },
         ..member(p, 0)
     };
-    let entry = MultiKey::Kprobe { ret: false };
-    let ret = MultiKey::Kprobe { ret: true };
+    let entry = MultiKey::Kprobe {
+        ret: false,
+        by_address: false,
+    };
+    let ret = MultiKey::Kprobe {
+        ret: true,
+        by_address: false,
+    };
     let groups = group(vec![
         (entry.clone(), km(&k("a"))),
         (ret.clone(), km(&r("a"))),
