@@ -178,7 +178,7 @@ pub(crate) fn attach_one(
         return Err(e);
     }
     match (kind.is_multi(), probe) {
-        (true, _) => one_probe_multi(prog, probe, resolver),
+        (true, _) => one_probe_multi(prog, kind, probe, resolver),
         (false, Probe::Kprobe(k)) => match k.address() {
             Some(address) => kprobe_perf_at(prog, k, address, resolver),
             None => kprobe_perf(prog, k),
@@ -191,13 +191,14 @@ pub(crate) fn attach_one(
 /// syscall prefix.
 fn one_probe_multi(
     prog: BorrowedFd<'_>,
+    kind: ProgramKind,
     probe: &Probe,
     resolver: &mut Resolver,
 ) -> Result<Attached, Error> {
     validate::for_multi_link(probe)?;
     let (key, mut member) = match probe {
-        Probe::Kprobe(k) => multi_link::kprobe_member(k, probe, resolver)?,
-        Probe::Uprobe(u) => multi_link::uprobe_member(u, probe, resolver)?,
+        Probe::Kprobe(k) => multi_link::kprobe_member(k, probe, kind.is_session(), resolver)?,
+        Probe::Uprobe(u) => multi_link::uprobe_member(u, probe, kind.is_session(), resolver)?,
     };
     match multi_link::create(prog, &key, std::slice::from_ref(&member)) {
         Err(e) if e.is_not_found() => match syscall_prefixed(&member.symbol) {

@@ -47,6 +47,11 @@ pub enum Flavour {
     UprobeMulti,
     /// Loaded with `expected_attach_type = BPF_TRACE_KPROBE_MULTI`.
     KprobeMulti,
+    /// Loaded with `expected_attach_type = BPF_TRACE_UPROBE_SESSION` (6.13+): counts each
+    /// call twice, on entry and on return (see [`Counter::load_entry_only`]).
+    UprobeSession,
+    /// Loaded with `expected_attach_type = BPF_TRACE_KPROBE_SESSION` (6.10+), likewise.
+    KprobeSession,
 }
 
 impl Flavour {
@@ -55,6 +60,8 @@ impl Flavour {
             Flavour::Plain => 0,
             Flavour::UprobeMulti => bpf::BPF_TRACE_UPROBE_MULTI,
             Flavour::KprobeMulti => bpf::BPF_TRACE_KPROBE_MULTI,
+            Flavour::UprobeSession => bpf::BPF_TRACE_UPROBE_SESSION,
+            Flavour::KprobeSession => bpf::BPF_TRACE_KPROBE_SESSION,
         }
     }
 }
@@ -78,8 +85,8 @@ const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
     }
 }
 
-/// The program: `slot = cookie; if (v = lookup(map, &slot)) atomic_add(v, 1); return 0`.
-fn program(map_fd: i32) -> [Insn; 12] {
+/// The program: `slot = cookie; if (v = lookup(map, &slot)) atomic_add(v, 1); return ret`.
+fn program(map_fd: i32, ret: i32) -> [Insn; 12] {
     [
         // r0 = bpf_get_attach_cookie(r1 = ctx)
         insn(0x85, 0, 0, 0, HELPER_GET_ATTACH_COOKIE),
@@ -98,8 +105,8 @@ fn program(map_fd: i32) -> [Insn; 12] {
         // r1 = 1; lock *(u64 *)(r0 + 0) += r1
         insn(0xb7, 1, 0, 0, 1),
         insn(0xdb, 0, 1, 0, 0),
-        // r0 = 0; exit
-        insn(0xb7, 0, 0, 0, 0),
+        // r0 = ret; exit
+        insn(0xb7, 0, 0, 0, ret),
         insn(0x95, 0, 0, 0, 0),
     ]
 }
@@ -114,6 +121,20 @@ impl Counter {
     /// kernel's error (with the verifier log) when it rejects the program, for example a
     /// kernel without `bpf_get_attach_cookie` (before 5.15).
     pub fn load(flavour: Flavour, slots: u32) -> Result<Counter, Error> {
+        Counter::load_returning(flavour, slots, 0)
+    }
+
+    /// [`Counter::load`], for a session flavour, with a program that returns 1: a session
+    /// link then skips the return run, so each call counts once, on entry. (For the other
+    /// flavours the return value changes nothing.)
+    ///
+    /// # Errors
+    /// As [`Counter::load`].
+    pub fn load_entry_only(flavour: Flavour, slots: u32) -> Result<Counter, Error> {
+        Counter::load_returning(flavour, slots, 1)
+    }
+
+    fn load_returning(flavour: Flavour, slots: u32, ret: i32) -> Result<Counter, Error> {
         if slots == 0 {
             return Err(Error::invalid(
                 "counter slots 0",
@@ -126,7 +147,7 @@ impl Counter {
         let prog = bpf::prog_load(
             bpf::BPF_PROG_TYPE_KPROBE,
             flavour.expected_attach_type(),
-            &program(raw),
+            &program(raw, ret),
             c"GPL",
             "probeset_count",
         )
@@ -225,10 +246,10 @@ mod tests {
 
     #[test]
     fn the_jump_lands_on_the_exit_sequence() {
-        let p = program(7);
+        let p = program(7, 1);
         let (i, jeq) = p.iter().enumerate().find(|(_, i)| i.code == 0x15).unwrap();
         let target = i + 1 + usize::try_from(jeq.off).unwrap();
-        assert_eq!(p[target], insn(0xb7, 0, 0, 0, 0));
+        assert_eq!(p[target], insn(0xb7, 0, 0, 0, 1), "r0 = the return value");
         assert_eq!(p[target + 1].code, 0x95);
         assert_eq!(p[4].imm, 7);
         assert_eq!(p[4].regs >> 4, 1, "BPF_PSEUDO_MAP_FD");

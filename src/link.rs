@@ -26,6 +26,11 @@ pub enum LinkKind {
     UprobeMulti,
     /// A `BPF_TRACE_KPROBE_MULTI` link (kernel 5.18+ with `CONFIG_FPROBE`).
     KprobeMulti,
+    /// A `BPF_TRACE_UPROBE_SESSION` link (kernel 6.13+): the program runs on entry and on
+    /// return of each probed function, through one link.
+    UprobeSession,
+    /// A `BPF_TRACE_KPROBE_SESSION` link (kernel 6.10+ with `CONFIG_FPROBE`).
+    KprobeSession,
 }
 
 /// The kernel objects behind one attachment, released in order: the BPF link, then the perf

@@ -26,12 +26,34 @@ pub(crate) enum MultiKey {
         binary: Arc<Binary>,
         pid: Option<i32>,
         ret: bool,
+        session: bool,
     },
     Kprobe {
         ret: bool,
         /// The members are kernel text addresses (a link takes names or addresses).
         by_address: bool,
+        session: bool,
     },
+}
+
+/// How a link of `key` is held.
+fn link_kind(key: &MultiKey) -> LinkKind {
+    match key {
+        MultiKey::Uprobe { session: false, .. } => LinkKind::UprobeMulti,
+        MultiKey::Uprobe { session: true, .. } => LinkKind::UprobeSession,
+        MultiKey::Kprobe { session: false, .. } => LinkKind::KprobeMulti,
+        MultiKey::Kprobe { session: true, .. } => LinkKind::KprobeSession,
+    }
+}
+
+/// A multi link's attach type: plain multi, or session (entry and return in one link).
+fn attach_type(key: &MultiKey) -> u32 {
+    match key {
+        MultiKey::Uprobe { session: false, .. } => bpf::BPF_TRACE_UPROBE_MULTI,
+        MultiKey::Uprobe { session: true, .. } => bpf::BPF_TRACE_UPROBE_SESSION,
+        MultiKey::Kprobe { session: false, .. } => bpf::BPF_TRACE_KPROBE_MULTI,
+        MultiKey::Kprobe { session: true, .. } => bpf::BPF_TRACE_KPROBE_SESSION,
+    }
 }
 
 /// A probe resolved for a multi link.
@@ -53,6 +75,7 @@ pub(crate) struct Member {
 pub(crate) fn uprobe_member(
     u: &Uprobe,
     probe: &Probe,
+    session: bool,
     resolver: &mut Resolver,
 ) -> Result<(MultiKey, Member), Error> {
     let target = resolver.uprobe(u)?;
@@ -60,6 +83,7 @@ pub(crate) fn uprobe_member(
         binary: target.binary,
         pid: u.pid_value(),
         ret: u.is_retprobe(),
+        session,
     };
     let member = Member {
         probe: probe.clone(),
@@ -81,6 +105,7 @@ pub(crate) fn uprobe_member(
 pub(crate) fn kprobe_member(
     k: &Kprobe,
     probe: &Probe,
+    session: bool,
     resolver: &mut Resolver,
 ) -> Result<(MultiKey, Member), Error> {
     let address = match k.address() {
@@ -94,6 +119,7 @@ pub(crate) fn kprobe_member(
     let key = MultiKey::Kprobe {
         ret: k.is_retprobe(),
         by_address: address.is_some(),
+        session,
     };
     let member = Member {
         probe: probe.clone(),
@@ -183,7 +209,9 @@ pub(crate) fn create(
 ) -> Result<Attached, Error> {
     let cookies: Vec<u64> = members.iter().map(|m| m.cookie).collect();
     match key {
-        MultiKey::Uprobe { binary, pid, ret } => {
+        MultiKey::Uprobe {
+            binary, pid, ret, ..
+        } => {
             let offsets: Vec<u64> = members.iter().map(|m| m.offset).collect();
             let refs: Vec<u64> = members.iter().map(|m| m.ref_ctr).collect();
             let refs = refs.iter().any(|&r| r != 0).then_some(&refs[..]);
@@ -191,6 +219,7 @@ pub(crate) fn create(
             let pid_arg = pid.map_or(0, i32::unsigned_abs);
             let fd = bpf::link_create_uprobe_multi(
                 prog,
+                attach_type(key),
                 &c_path,
                 &offsets,
                 refs,
@@ -201,22 +230,31 @@ pub(crate) fn create(
             .map_err(|e| uprobe_multi_error(describe(key, members), *pid, e))?;
             Ok(Attached::multi(
                 fd,
-                LinkKind::UprobeMulti,
+                link_kind(key),
                 Some(Arc::clone(binary.ident())),
             ))
         }
         MultiKey::Kprobe {
             ret,
             by_address: true,
+            ..
         } => {
             let addrs: Vec<u64> = members.iter().map(|m| m.offset).collect();
-            let fd = bpf::link_create_kprobe_multi_addrs(prog, &addrs, Some(&cookies), flags(*ret))
-                .map_err(|e| kprobe_multi_error(describe(key, members), e))?;
-            Ok(Attached::multi(fd, LinkKind::KprobeMulti, None))
+            let kind = attach_type(key);
+            let fd = bpf::link_create_kprobe_multi_addrs(
+                prog,
+                kind,
+                &addrs,
+                Some(&cookies),
+                flags(*ret),
+            )
+            .map_err(|e| kprobe_multi_error(describe(key, members), e))?;
+            Ok(Attached::multi(fd, link_kind(key), None))
         }
         MultiKey::Kprobe {
             ret,
             by_address: false,
+            ..
         } => {
             let names: Vec<CString> = members
                 .iter()
@@ -230,9 +268,10 @@ pub(crate) fn create(
                 })
                 .collect::<Result<_, _>>()?;
             let ptrs: Vec<&CStr> = names.iter().map(CString::as_c_str).collect();
-            let fd = bpf::link_create_kprobe_multi(prog, &ptrs, Some(&cookies), flags(*ret))
+            let kind = attach_type(key);
+            let fd = bpf::link_create_kprobe_multi(prog, kind, &ptrs, Some(&cookies), flags(*ret))
                 .map_err(|e| kprobe_multi_error(describe(key, members), e))?;
-            Ok(Attached::multi(fd, LinkKind::KprobeMulti, None))
+            Ok(Attached::multi(fd, link_kind(key), None))
         }
     }
 }
@@ -322,21 +361,32 @@ fn bisect<S: Sink>(
     }
 }
 
-/// The errno of a uprobe multi link from `prog` on a path that does not exist: `ENOENT`
-/// when the program was loaded for `uprobe_multi` (the kernel got as far as the path),
-/// `EINVAL`/`EOPNOTSUPP` otherwise.
-pub(crate) fn probe_uprobe_multi(prog: BorrowedFd<'_>) -> Option<i32> {
+/// The errno of a uprobe multi link (`session`: a uprobe session link) from `prog` on a
+/// path that does not exist: `ENOENT` when the program was loaded for that attach type (the
+/// kernel got as far as the path), `EINVAL`/`EOPNOTSUPP` otherwise.
+pub(crate) fn probe_uprobe_multi(prog: BorrowedFd<'_>, session: bool) -> Option<i32> {
     let path: &CStr = c"/nonexistent/probeset-feature-probe";
-    bpf::link_create_uprobe_multi(prog, path, &[0], None, None, 0, 0)
+    let kind = if session {
+        bpf::BPF_TRACE_UPROBE_SESSION
+    } else {
+        bpf::BPF_TRACE_UPROBE_MULTI
+    };
+    bpf::link_create_uprobe_multi(prog, kind, path, &[0], None, None, 0, 0)
         .err()
         .map(|e| e.raw_os_error().unwrap_or(0))
 }
 
-/// The errno of a kprobe multi link from `prog` on a symbol that does not exist: a lookup
-/// failure when the program was loaded for `kprobe_multi`, `EINVAL`/`EOPNOTSUPP` otherwise.
-pub(crate) fn probe_kprobe_multi(prog: BorrowedFd<'_>) -> Option<i32> {
+/// The errno of a kprobe multi link (`session`: a kprobe session link) from `prog` on a
+/// symbol that does not exist: a lookup failure when the program was loaded for that attach
+/// type, `EINVAL`/`EOPNOTSUPP` otherwise.
+pub(crate) fn probe_kprobe_multi(prog: BorrowedFd<'_>, session: bool) -> Option<i32> {
     let sym: &CStr = c"probeset_no_such_kernel_symbol";
-    bpf::link_create_kprobe_multi(prog, &[sym], None, 0)
+    let kind = if session {
+        bpf::BPF_TRACE_KPROBE_SESSION
+    } else {
+        bpf::BPF_TRACE_KPROBE_MULTI
+    };
+    bpf::link_create_kprobe_multi(prog, kind, &[sym], None, 0)
         .err()
         .map(|e| e.raw_os_error().unwrap_or(0))
 }
@@ -349,7 +399,17 @@ pub(crate) fn create_uprobe_multi_raw(
     cookies: &[u64],
     ret: bool,
 ) -> io::Result<OwnedFd> {
-    bpf::link_create_uprobe_multi(prog, path, offsets, None, Some(cookies), flags(ret), 0)
+    let kind = bpf::BPF_TRACE_UPROBE_MULTI;
+    bpf::link_create_uprobe_multi(
+        prog,
+        kind,
+        path,
+        offsets,
+        None,
+        Some(cookies),
+        flags(ret),
+        0,
+    )
 }
 
 /// `BPF_LINK_CREATE` with `BPF_TRACE_KPROBE_MULTI` on symbols, bare (for the benchmarks'
@@ -360,7 +420,13 @@ pub(crate) fn create_kprobe_multi_raw(
     cookies: &[u64],
     ret: bool,
 ) -> io::Result<OwnedFd> {
-    bpf::link_create_kprobe_multi(prog, syms, Some(cookies), flags(ret))
+    bpf::link_create_kprobe_multi(
+        prog,
+        bpf::BPF_TRACE_KPROBE_MULTI,
+        syms,
+        Some(cookies),
+        flags(ret),
+    )
 }
 
 #[cfg(test)]
@@ -374,7 +440,7 @@ mod tests {
         assert!(e(libc::EINVAL).is_not_found());
         assert!(e(libc::ESRCH).is_not_found());
         assert!(e(libc::ESRCH).to_string().starts_with("process 7 (for u)"));
-        assert!(e(ENOTSUPP).is_not_supported());
+        assert!(e(ENOTSUPP).is_unprobeable());
         assert!(e(libc::EOPNOTSUPP).is_not_supported());
         assert!(e(libc::EPERM).is_permission_denied());
         assert!(matches!(

@@ -341,7 +341,7 @@ mod tests {
         assert!(e(libc::EILSEQ).is_not_found());
         assert!(e(libc::ERANGE).is_not_found());
         assert!(e(libc::ESRCH).is_not_found());
-        assert!(e(ENOTSUPP).is_not_supported());
+        assert!(e(ENOTSUPP).is_unprobeable());
         assert!(e(libc::EPERM).is_permission_denied());
         assert!(e(libc::EACCES).is_permission_denied());
         assert_eq!(e(libc::EBUSY).raw_os_error(), Some(libc::EBUSY));

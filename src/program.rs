@@ -36,34 +36,71 @@ pub enum ProgramKind {
     UprobeMulti,
     /// Loaded for `BPF_TRACE_KPROBE_MULTI`: only kprobe multi links take it.
     KprobeMulti,
-    /// Loaded for a multi link this kernel cannot create (for example `kprobe_multi`
-    /// without `CONFIG_FPROBE`), or for a session link.
+    /// Loaded for `BPF_TRACE_UPROBE_SESSION` (6.13+): uprobe session links, which run the
+    /// program on entry and on return of each function from one entry probe (a non-zero
+    /// return on entry skips the return run).
+    UprobeSession,
+    /// Loaded for `BPF_TRACE_KPROBE_SESSION` (6.10+): kprobe session links, likewise.
+    KprobeSession,
+    /// Loaded for a multi or session link this kernel cannot create (for example
+    /// `kprobe_multi` without `CONFIG_FPROBE`).
     UnsupportedMulti,
 }
 
 impl ProgramKind {
-    /// Whether the program goes on multi links.
+    /// Whether the program goes on multi links (session links included).
     pub(crate) fn is_multi(self) -> bool {
-        matches!(self, ProgramKind::UprobeMulti | ProgramKind::KprobeMulti)
+        matches!(
+            self,
+            ProgramKind::UprobeMulti
+                | ProgramKind::KprobeMulti
+                | ProgramKind::UprobeSession
+                | ProgramKind::KprobeSession
+        )
+    }
+
+    /// Whether the program goes on session links.
+    pub(crate) fn is_session(self) -> bool {
+        matches!(
+            self,
+            ProgramKind::UprobeSession | ProgramKind::KprobeSession
+        )
     }
 
     /// The error for `probe` when a program of this kind cannot attach it, or `None` when
     /// it can. The one place that says which program takes which probe.
     pub(crate) fn refuse(self, probe: &Probe) -> Option<Error> {
+        if self.is_session() && probe.is_retprobe() {
+            return Some(Error::invalid(
+                format!("{probe} with a session program"),
+                "a session program runs on entry and on return from one entry probe; attach \
+                 the entry probe (Kprobe::new, Uprobe::new)",
+            ));
+        }
         match (self, probe) {
             (ProgramKind::Plain, _)
-            | (ProgramKind::UprobeMulti, Probe::Uprobe(_))
-            | (ProgramKind::KprobeMulti, Probe::Kprobe(_)) => None,
-            (ProgramKind::UprobeMulti, Probe::Kprobe(_)) => Some(Error::invalid(
-                format!("program for {probe}"),
-                "the program was loaded for uprobe_multi and cannot attach kprobes; load a \
-                 kprobe program",
-            )),
-            (ProgramKind::KprobeMulti, Probe::Uprobe(_)) => Some(Error::invalid(
-                format!("program for {probe}"),
-                "the program was loaded for kprobe_multi and cannot attach uprobes; load a \
-                 uprobe program",
-            )),
+            | (ProgramKind::UprobeMulti | ProgramKind::UprobeSession, Probe::Uprobe(_))
+            | (ProgramKind::KprobeMulti | ProgramKind::KprobeSession, Probe::Kprobe(_)) => None,
+            (ProgramKind::UprobeMulti | ProgramKind::UprobeSession, Probe::Kprobe(_)) => {
+                Some(Error::invalid(
+                    format!("program for {probe}"),
+                    format!(
+                        "the program was loaded for {} and cannot attach kprobes; load a \
+                         kprobe program",
+                        self.attach_name()
+                    ),
+                ))
+            }
+            (ProgramKind::KprobeMulti | ProgramKind::KprobeSession, Probe::Uprobe(_)) => {
+                Some(Error::invalid(
+                    format!("program for {probe}"),
+                    format!(
+                        "the program was loaded for {} and cannot attach uprobes; load a \
+                         uprobe program",
+                        self.attach_name()
+                    ),
+                ))
+            }
             (ProgramKind::UnsupportedMulti, _) => Some(Error::not_supported(
                 format!("multi links for {probe}"),
                 "the program was loaded for a multi link this kernel cannot create \
@@ -71,6 +108,19 @@ impl ProgramKind {
                  a plain kprobe/uprobe program",
                 None,
             )),
+        }
+    }
+}
+
+impl ProgramKind {
+    /// The attach type a multi-only program was loaded for, for messages.
+    fn attach_name(self) -> &'static str {
+        match self {
+            ProgramKind::UprobeMulti => "uprobe_multi",
+            ProgramKind::KprobeMulti => "kprobe_multi",
+            ProgramKind::UprobeSession => "uprobe_session",
+            ProgramKind::KprobeSession => "kprobe_session",
+            ProgramKind::Plain | ProgramKind::UnsupportedMulti => "a multi link",
         }
     }
 }
@@ -155,18 +205,24 @@ fn classify(prog: BorrowedFd<'_>) -> Result<ProgramKind, Error> {
         // A kernel without perf links has no multi links either: the program is plain.
         return Ok(ProgramKind::Plain);
     }
-    // A uprobe_multi program passes the attach-type checks and fails at the path lookup
-    // (ENOENT); any other program fails with EINVAL first.
-    match multi_link::probe_uprobe_multi(prog) {
-        Some(libc::EINVAL | libc::EOPNOTSUPP) => {}
-        _ => return Ok(ProgramKind::UprobeMulti),
+    // A uprobe_multi (or uprobe_session) program passes the attach-type checks and fails at
+    // the path lookup (ENOENT); any other program fails with EINVAL first. Likewise a
+    // kprobe_multi (or kprobe_session) program fails at the symbol lookup; EOPNOTSUPP means
+    // the kernel cannot make kprobe multi links at all (no CONFIG_FPROBE).
+    let takes = |errno: Option<i32>| !matches!(errno, Some(libc::EINVAL | libc::EOPNOTSUPP));
+    if takes(multi_link::probe_uprobe_multi(prog, false)) {
+        return Ok(ProgramKind::UprobeMulti);
     }
-    // Likewise a kprobe_multi program fails at the symbol lookup; EOPNOTSUPP means the
-    // kernel cannot make kprobe multi links at all (no CONFIG_FPROBE).
-    match multi_link::probe_kprobe_multi(prog) {
-        Some(libc::EINVAL | libc::EOPNOTSUPP) => Ok(ProgramKind::UnsupportedMulti),
-        _ => Ok(ProgramKind::KprobeMulti),
+    if takes(multi_link::probe_uprobe_multi(prog, true)) {
+        return Ok(ProgramKind::UprobeSession);
     }
+    if takes(multi_link::probe_kprobe_multi(prog, false)) {
+        return Ok(ProgramKind::KprobeMulti);
+    }
+    if takes(multi_link::probe_kprobe_multi(prog, true)) {
+        return Ok(ProgramKind::KprobeSession);
+    }
+    Ok(ProgramKind::UnsupportedMulti)
 }
 
 #[cfg(test)]

@@ -95,7 +95,10 @@ pub(super) async fn build(
     let total = fresh.len();
     let built = match kind {
         ProgramKind::Plain => build_singles(batch, fresh, atomic).await?,
-        ProgramKind::UprobeMulti | ProgramKind::KprobeMulti => {
+        ProgramKind::UprobeMulti
+        | ProgramKind::KprobeMulti
+        | ProgramKind::UprobeSession
+        | ProgramKind::KprobeSession => {
             let prog = Arc::clone(batch.prog);
             let progress = Arc::clone(batch.progress);
             blocking::run(move || Ok(build_multis(&prog, kind, fresh, &progress))).await?
@@ -316,7 +319,7 @@ fn multi_member(
     }
     validate::for_multi_link(probe)?;
     match probe {
-        Probe::Uprobe(u) => multi_link::uprobe_member(u, probe, resolver),
-        Probe::Kprobe(k) => multi_link::kprobe_member(k, probe, resolver),
+        Probe::Uprobe(u) => multi_link::uprobe_member(u, probe, kind.is_session(), resolver),
+        Probe::Kprobe(k) => multi_link::kprobe_member(k, probe, kind.is_session(), resolver),
     }
 }

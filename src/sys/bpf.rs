@@ -22,6 +22,11 @@ pub(crate) const BPF_PERF_EVENT: u32 = 41;
 pub(crate) const BPF_TRACE_KPROBE_MULTI: u32 = 42;
 /// `BPF_TRACE_UPROBE_MULTI` attach type.
 pub(crate) const BPF_TRACE_UPROBE_MULTI: u32 = 48;
+/// `BPF_TRACE_KPROBE_SESSION` attach type (6.10+): a kprobe multi link whose program runs
+/// on entry and, unless the entry run returned non-zero, on return.
+pub(crate) const BPF_TRACE_KPROBE_SESSION: u32 = 56;
+/// `BPF_TRACE_UPROBE_SESSION` attach type (6.13+): the same for uprobes.
+pub(crate) const BPF_TRACE_UPROBE_SESSION: u32 = 57;
 /// `BPF_F_KPROBE_MULTI_RETURN` / `BPF_F_UPROBE_MULTI_RETURN`.
 pub(crate) const MULTI_RETURN: u32 = 1;
 
@@ -160,9 +165,11 @@ struct KprobeMultiTail {
     cookies: u64,
 }
 
-/// Creates a `BPF_TRACE_KPROBE_MULTI` link on `syms`, with one cookie per symbol (or none).
+/// Creates a kprobe multi link (`attach_type` `BPF_TRACE_KPROBE_MULTI` or
+/// `BPF_TRACE_KPROBE_SESSION`) on `syms`, with one cookie per symbol (or none).
 pub(crate) fn link_create_kprobe_multi(
     prog: BorrowedFd<'_>,
+    attach_type: u32,
     syms: &[&CStr],
     cookies: Option<&[u64]>,
     flags: u32,
@@ -174,7 +181,7 @@ pub(crate) fn link_create_kprobe_multi(
     let mut attr = LinkCreateAttr {
         prog_fd: fd_u32(prog),
         target_fd: 0,
-        attach_type: BPF_TRACE_KPROBE_MULTI,
+        attach_type,
         flags: 0,
         tail: KprobeMultiTail {
             flags,
@@ -191,10 +198,11 @@ pub(crate) fn link_create_kprobe_multi(
     unsafe { bpf_fd(BPF_LINK_CREATE, &mut attr) }
 }
 
-/// Creates a `BPF_TRACE_KPROBE_MULTI` link on kernel text `addrs` (instead of names),
-/// with one cookie per address (or none).
+/// Creates a kprobe multi link (`attach_type` as for [`link_create_kprobe_multi`]) on
+/// kernel text `addrs` (instead of names), with one cookie per address (or none).
 pub(crate) fn link_create_kprobe_multi_addrs(
     prog: BorrowedFd<'_>,
+    attach_type: u32,
     addrs: &[u64],
     cookies: Option<&[u64]>,
     flags: u32,
@@ -205,7 +213,7 @@ pub(crate) fn link_create_kprobe_multi_addrs(
     let mut attr = LinkCreateAttr {
         prog_fd: fd_u32(prog),
         target_fd: 0,
-        attach_type: BPF_TRACE_KPROBE_MULTI,
+        attach_type,
         flags: 0,
         tail: KprobeMultiTail {
             flags,
@@ -234,12 +242,14 @@ struct UprobeMultiTail {
     pad: u32,
 }
 
-/// Creates a `BPF_TRACE_UPROBE_MULTI` link on `offsets` (file offsets) of `path`.
+/// Creates a uprobe multi link (`attach_type` `BPF_TRACE_UPROBE_MULTI` or
+/// `BPF_TRACE_UPROBE_SESSION`) on `offsets` (file offsets) of `path`.
 ///
 /// `ref_ctr_offsets` and `cookies`, when given, have one entry per offset. `pid` 0 means
 /// every process.
 pub(crate) fn link_create_uprobe_multi(
     prog: BorrowedFd<'_>,
+    attach_type: u32,
     path: &CStr,
     offsets: &[u64],
     ref_ctr_offsets: Option<&[u64]>,
@@ -254,7 +264,7 @@ pub(crate) fn link_create_uprobe_multi(
     let mut attr = LinkCreateAttr {
         prog_fd: fd_u32(prog),
         target_fd: 0,
-        attach_type: BPF_TRACE_UPROBE_MULTI,
+        attach_type,
         flags: 0,
         tail: UprobeMultiTail {
             path: path.as_ptr() as u64,

@@ -35,6 +35,7 @@ fn ukey(path: &str) -> MultiKey {
         binary: Arc::new(binary.unwrap()),
         pid: None,
         ret: false,
+        session: false,
     }
 }
 
@@ -123,10 +124,12 @@ fn kprobes_group_by_direction() {
     let entry = MultiKey::Kprobe {
         ret: false,
         by_address: false,
+        session: false,
     };
     let ret = MultiKey::Kprobe {
         ret: true,
         by_address: false,
+        session: false,
     };
     let groups = group(vec![
         (entry.clone(), km(&k("a"))),
