@@ -217,17 +217,17 @@ pub(crate) fn create(
             let refs = refs.iter().any(|&r| r != 0).then_some(&refs[..]);
             let c_path = CString::new(binary.kernel_path()).expect("an fd path has no NUL");
             let pid_arg = pid.map_or(0, i32::unsigned_abs);
-            let fd = bpf::link_create_uprobe_multi(
-                prog,
-                attach_type(key),
-                &c_path,
-                &offsets,
-                refs,
-                Some(&cookies),
-                flags(*ret),
-                pid_arg,
-            )
-            .map_err(|e| uprobe_multi_error(describe(key, members), *pid, e))?;
+            let link = bpf::UprobeMulti {
+                attach_type: attach_type(key),
+                path: &c_path,
+                offsets: &offsets,
+                ref_ctr_offsets: refs,
+                cookies: Some(&cookies),
+                flags: flags(*ret),
+                pid: pid_arg,
+            };
+            let fd = bpf::link_create_uprobe_multi(prog, &link)
+                .map_err(|e| uprobe_multi_error(describe(key, members), *pid, e))?;
             Ok(Attached::multi(
                 fd,
                 link_kind(key),
@@ -371,7 +371,16 @@ pub(crate) fn probe_uprobe_multi(prog: BorrowedFd<'_>, session: bool) -> Option<
     } else {
         bpf::BPF_TRACE_UPROBE_MULTI
     };
-    bpf::link_create_uprobe_multi(prog, kind, path, &[0], None, None, 0, 0)
+    let link = bpf::UprobeMulti {
+        attach_type: kind,
+        path,
+        offsets: &[0],
+        ref_ctr_offsets: None,
+        cookies: None,
+        flags: 0,
+        pid: 0,
+    };
+    bpf::link_create_uprobe_multi(prog, &link)
         .err()
         .map(|e| e.raw_os_error().unwrap_or(0))
 }
@@ -400,16 +409,16 @@ pub(crate) fn create_uprobe_multi_raw(
     ret: bool,
 ) -> io::Result<OwnedFd> {
     let kind = bpf::BPF_TRACE_UPROBE_MULTI;
-    bpf::link_create_uprobe_multi(
-        prog,
-        kind,
+    let link = bpf::UprobeMulti {
+        attach_type: kind,
         path,
         offsets,
-        None,
-        Some(cookies),
-        flags(ret),
-        0,
-    )
+        ref_ctr_offsets: None,
+        cookies: Some(cookies),
+        flags: flags(ret),
+        pid: 0,
+    };
+    bpf::link_create_uprobe_multi(prog, &link)
 }
 
 /// `BPF_LINK_CREATE` with `BPF_TRACE_KPROBE_MULTI` on symbols, bare (for the benchmarks'

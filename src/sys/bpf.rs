@@ -242,21 +242,37 @@ struct UprobeMultiTail {
     pad: u32,
 }
 
-/// Creates a uprobe multi link (`attach_type` `BPF_TRACE_UPROBE_MULTI` or
-/// `BPF_TRACE_UPROBE_SESSION`) on `offsets` (file offsets) of `path`.
-///
-/// `ref_ctr_offsets` and `cookies`, when given, have one entry per offset. `pid` 0 means
-/// every process.
+/// What a uprobe multi link is made of.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct UprobeMulti<'a> {
+    /// `BPF_TRACE_UPROBE_MULTI` or `BPF_TRACE_UPROBE_SESSION`.
+    pub attach_type: u32,
+    pub path: &'a CStr,
+    /// File offsets.
+    pub offsets: &'a [u64],
+    /// One per offset, when given.
+    pub ref_ctr_offsets: Option<&'a [u64]>,
+    /// One per offset, when given.
+    pub cookies: Option<&'a [u64]>,
+    pub flags: u32,
+    /// 0: every process.
+    pub pid: u32,
+}
+
+/// Creates a uprobe multi link on `link.offsets` of `link.path`.
 pub(crate) fn link_create_uprobe_multi(
     prog: BorrowedFd<'_>,
-    attach_type: u32,
-    path: &CStr,
-    offsets: &[u64],
-    ref_ctr_offsets: Option<&[u64]>,
-    cookies: Option<&[u64]>,
-    flags: u32,
-    pid: u32,
+    link: &UprobeMulti<'_>,
 ) -> io::Result<OwnedFd> {
+    let UprobeMulti {
+        attach_type,
+        path,
+        offsets,
+        ref_ctr_offsets,
+        cookies,
+        flags,
+        pid,
+    } = *link;
     let n = offsets.len();
     if ref_ctr_offsets.is_some_and(|r| r.len() != n) || cookies.is_some_and(|c| c.len() != n) {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
