@@ -31,6 +31,7 @@
 //! ```
 
 mod cache;
+mod layout;
 mod parse;
 
 use std::fmt;

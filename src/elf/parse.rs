@@ -6,6 +6,8 @@ use object::read::elf::{FileHeader, ProgramHeader, SectionHeader, Sym, SymbolTab
 use object::read::SymbolIndex;
 use object::{Endianness, FileKind};
 
+use super::layout::{Layout, Mapped};
+
 /// One function symbol of an ELF file.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ElfFunction {
@@ -80,7 +82,7 @@ fn parse_elf<Elf: FileHeader<Endian = Endianness>>(
         }
     }
 
-    let segments = header
+    let segments: Vec<Mapped> = header
         .program_headers(endian, data)
         .map_err(malformed)?
         .iter()
@@ -93,7 +95,7 @@ fn parse_elf<Elf: FileHeader<Endian = Endianness>>(
         })
         .collect();
     let sections = header.sections(endian, data).map_err(malformed)?;
-    let section_ranges = sections
+    let section_ranges: Vec<Mapped> = sections
         .iter()
         .filter(|sh| {
             sh.sh_type(endian) != elf::SHT_NOBITS
@@ -106,10 +108,7 @@ fn parse_elf<Elf: FileHeader<Endian = Endianness>>(
             executable: sh.sh_flags(endian).into() & u64::from(elf::SHF_EXECINSTR) != 0,
         })
         .collect();
-    let layout = Layout {
-        segments,
-        sections: section_ranges,
-    };
+    let layout = Layout::new(&segments, &section_ranges);
 
     let mut functions = Vec::new();
     let symtab = sections
@@ -192,45 +191,6 @@ fn symbol_name<Elf: FileHeader<Endian = Endianness>>(
             format!("{name}@{}", String::from_utf8_lossy(version.name()))
         }
         _ => name.into_owned(),
-    }
-}
-
-/// An address range that is backed by the file (a `PT_LOAD` segment or an allocated
-/// section).
-struct Mapped {
-    address: u64,
-    size: u64,
-    offset: u64,
-    executable: bool,
-}
-
-impl Mapped {
-    fn file_offset(&self, address: u64) -> Option<u64> {
-        let within = address.checked_sub(self.address)?;
-        (within < self.size).then(|| self.offset.checked_add(within))?
-    }
-}
-
-/// How an ELF file's virtual addresses map to its file offsets.
-struct Layout {
-    segments: Vec<Mapped>,
-    sections: Vec<Mapped>,
-}
-
-impl Layout {
-    /// The file offset of `address`: through the `PT_LOAD` segment that contains it
-    /// (executable ones first), or else through the allocated section that contains it.
-    fn file_offset(&self, address: u64) -> Option<u64> {
-        let first_in = |ranges: &[Mapped], executable: bool| {
-            ranges
-                .iter()
-                .filter(|range| range.executable == executable)
-                .find_map(|range| range.file_offset(address))
-        };
-        first_in(&self.segments, true)
-            .or_else(|| first_in(&self.segments, false))
-            .or_else(|| first_in(&self.sections, true))
-            .or_else(|| first_in(&self.sections, false))
     }
 }
 
