@@ -1,6 +1,7 @@
-//! ELF loading under hostile input, through the public API: a file with 65 534 program
-//! headers and 200 000 symbols (no quadratic translation). Nothing here needs root or a
-//! tracefs; files go under the temporary directory.
+//! ELF loading under hostile input, through the public API: a 100 GiB sparse file, a large
+//! file that is mostly padding (memory must not grow with the file), a file with 65 534
+//! program headers and 200 000 symbols (no quadratic translation). Nothing here needs
+//! root or a tracefs; files go under the temporary directory.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use probeset::elf::ElfSymbols;
 
-/// The tests measure this process's time: one at a time.
+/// The tests measure this process's memory and time: one at a time.
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(PoisonError::into_inner)
@@ -32,6 +33,39 @@ impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// A field of `/proc/self/status`, in KiB.
+fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"));
+    line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// How much the resident set grew at its peak while `f` ran, in KiB: the peak is reset
+/// first (`clear_refs` 5) where that is allowed, else the growth of the old peak is all
+/// that can be seen.
+fn peak_growth_kib<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let before = if reset {
+        status_kib("VmRSS:")
+    } else {
+        status_kib("VmHWM:")
+    };
+    let value = f();
+    let growth = status_kib("VmHWM:").saturating_sub(before);
+    if !reset {
+        eprintln!("(the peak could not be reset: the growth shown is a lower bound)");
+    }
+    (value, growth)
 }
 
 /// A 64-bit little-endian ELF executable: `data_segments` non-executable `PT_LOAD`s (at
@@ -191,6 +225,90 @@ impl Synthetic {
         file.set_len(self.file_size.max(len64(&bytes))).unwrap();
         text_offset
     }
+}
+
+#[test]
+fn a_100_gib_sparse_file_loads_or_fails_cleanly() {
+    let _serial = serial();
+    let sparse = TempFile::new("sparse-elf");
+    let text_offset = Synthetic {
+        data_segments: 1,
+        symbols: 10,
+        file_size: 100 << 30,
+    }
+    .write(&sparse.0);
+    let (loaded, growth) = peak_growth_kib(|| ElfSymbols::load(&sparse.0));
+    let symbols = loaded.unwrap();
+    eprintln!("100 GiB sparse ELF: peak RSS growth {growth} KiB");
+    assert_eq!(
+        symbols.resolve(&Synthetic::name(3)).unwrap(),
+        Synthetic::offset(3, text_offset)
+    );
+    assert!(growth < 8 << 10, "{growth} KiB");
+
+    let garbage = TempFile::new("sparse-garbage");
+    let file = File::create(&garbage.0).unwrap();
+    file.write_all_at(b"\x7fELF\x02\x01\x01garbage, not a header", 0)
+        .unwrap();
+    file.set_len(100 << 30).unwrap();
+    let e = ElfSymbols::load(&garbage.0).unwrap_err();
+    assert!(e.is_invalid_input(), "{e}");
+    eprintln!("100 GiB sparse garbage: {e}");
+
+    // A symbol table that claims 50 GiB of the file: refused, not allocated.
+    let claims = TempFile::new("sparse-claims");
+    let (mut bytes, _) = Synthetic {
+        data_segments: 1,
+        symbols: 10,
+        file_size: 0,
+    }
+    .bytes();
+    let shoff = usize::try_from(u64::from_le_bytes(bytes[40..48].try_into().unwrap())).unwrap();
+    let symtab_size = shoff + 2 * 64 + 32;
+    bytes[symtab_size..symtab_size + 8].copy_from_slice(&(50u64 << 30).to_le_bytes());
+    let file = File::create(&claims.0).unwrap();
+    file.write_all_at(&bytes, 0).unwrap();
+    file.set_len(100 << 30).unwrap();
+    let (loaded, growth) = peak_growth_kib(|| ElfSymbols::load(&claims.0));
+    let e = loaded.unwrap_err();
+    eprintln!("100 GiB sparse ELF claiming a 50 GiB table: {e}; peak RSS growth {growth} KiB");
+    assert!(e.is_invalid_input(), "{e}");
+    assert!(e.to_string().contains("larger than the 1024 MiB"), "{e}");
+    assert!(growth < 8 << 10, "{growth} KiB");
+}
+
+#[test]
+fn memory_does_not_grow_with_the_file_size() {
+    let _serial = serial();
+    let big = TempFile::new("padded-elf");
+    let size: u64 = 64 << 20;
+    let text_offset = Synthetic {
+        data_segments: 1,
+        symbols: 1000,
+        file_size: size,
+    }
+    .write(&big.0);
+    // Padding that is really there, not a hole: a reader of the whole file pays for it.
+    let file = File::options().write(true).open(&big.0).unwrap();
+    let chunk = vec![0x90u8; 1 << 20];
+    let mut at = size / 2;
+    while at < size {
+        file.write_all_at(&chunk, at).unwrap();
+        at += len64(&chunk);
+    }
+    drop(file);
+    let (loaded, growth) = peak_growth_kib(|| ElfSymbols::load(&big.0));
+    let symbols = loaded.unwrap();
+    eprintln!(
+        "{} MiB ELF with {} functions: peak RSS growth {growth} KiB",
+        size >> 20,
+        symbols.functions().len()
+    );
+    assert_eq!(
+        symbols.resolve(&Synthetic::name(999)).unwrap(),
+        Synthetic::offset(999, text_offset)
+    );
+    assert!(growth < 8 << 10, "{growth} KiB for a {size}-byte file");
 }
 
 #[test]

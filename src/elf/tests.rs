@@ -298,3 +298,66 @@ fn synthetic_files_resolve_and_match() {
         );
     }
 }
+
+/// One file written under `dir`, from `bytes`.
+fn write_file(dir: &TempDir, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.0.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn load_from_parses_the_open_file_whatever_the_path_names() {
+    let dir = TempDir::new("load-from");
+    let synthetic = super::parse::tests::synthetic_elf(true, false, object::elf::ET_EXEC);
+    let path = write_file(&dir, "binary", &synthetic);
+    let held = File::open(&path).unwrap();
+    // The path now names another file.
+    let other = write_file(&dir, "other", &std::fs::read("/bin/true").unwrap());
+    std::fs::rename(&other, &path).unwrap();
+
+    let from_held = ElfSymbols::load_from(&path, &held).unwrap();
+    assert_eq!(from_held.path(), path);
+    assert_eq!(from_held.resolve("alpha").unwrap(), 0x110);
+    assert!(Arc::ptr_eq(
+        &from_held,
+        &ElfSymbols::load_from(&path, &held).unwrap()
+    ));
+    let from_path = ElfSymbols::load(&path).unwrap();
+    assert!(from_path.resolve("alpha").unwrap_err().is_not_found());
+
+    // What is not a regular file is refused from a descriptor too.
+    let directory = File::open(&dir.0).unwrap();
+    let e = ElfSymbols::load_from(&dir.0, &directory).unwrap_err();
+    assert!(e.is_invalid_input(), "{e}");
+    assert!(e.to_string().contains("directory"), "{e}");
+}
+
+#[test]
+fn load_from_leaves_the_file_offset_alone() {
+    use std::io::{Seek, SeekFrom};
+    let mut file = File::open("/bin/true").unwrap();
+    file.seek(SeekFrom::Start(7)).unwrap();
+    ElfSymbols::load_from(Path::new("/bin/true"), &file).unwrap();
+    assert_eq!(file.stream_position().unwrap(), 7);
+}
+
+#[test]
+fn oversized_tables_are_refused_with_a_reason() {
+    let dir = TempDir::new("oversized");
+    let mut bytes = super::parse::tests::synthetic_elf(true, false, object::elf::ET_EXEC);
+    // Section 4 (.symtab) of the synthetic file: its size field, 32 bytes into its header
+    // at 0x400 + 4 * 64, says 2 GiB.
+    let size_field = 0x400 + 4 * 64 + 32;
+    bytes[size_field..size_field + 8].copy_from_slice(&(2u64 << 30).to_le_bytes());
+    let path = write_file(&dir, "huge-symtab", &bytes);
+    let e = ElfSymbols::load(&path).unwrap_err();
+    assert!(e.is_invalid_input(), "{e}");
+    assert!(e.to_string().contains("larger than the 1024 MiB"), "{e}");
+    // Within 1 GiB but past the end of the file.
+    bytes[size_field..size_field + 8].copy_from_slice(&(1u64 << 20).to_le_bytes());
+    let path = write_file(&dir, "long-symtab", &bytes);
+    let e = ElfSymbols::load(&path).unwrap_err();
+    assert!(e.is_invalid_input(), "{e}");
+    assert!(e.to_string().contains("past the end of the file"), "{e}");
+}
