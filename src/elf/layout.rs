@@ -1,7 +1,10 @@
 //! Where an ELF file's bytes go: how its virtual addresses map to file offsets (for
-//! symbols), in O(log n) per address: the ranges are sorted once, then searched.
+//! symbols), and which file offsets hold code a uprobe can fire on.
+//!
+//! Both answer in O(log n) per question: the ranges are sorted once, then searched.
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 use std::ops::Range;
 
 /// An address range that is backed by the file (a `PT_LOAD` segment or an allocated
@@ -114,6 +117,107 @@ fn pieces(ranges: &[Mapped]) -> Vec<Piece> {
     pieces
 }
 
+/// Which file offsets of a file a uprobe can fire on: past the ELF header, before the end
+/// of the file, and (when the file has `PT_LOAD` segments) inside an executable one.
+#[derive(Debug, Default)]
+pub(super) struct CodeRanges {
+    /// The file's size in bytes, when it was parsed.
+    pub(super) file_size: u64,
+    /// The ELF header's size (`e_ehsize`, at least the header's own structure).
+    pub(super) header_size: u64,
+    /// Whether the file has any `PT_LOAD` segment.
+    pub(super) has_load_segments: bool,
+    /// The file ranges (`p_offset`, `p_filesz`) of the executable `PT_LOAD` segments, in
+    /// file order.
+    pub(super) executable: Vec<Range<u64>>,
+    /// The same, sorted and merged, for the search.
+    merged: Vec<Range<u64>>,
+}
+
+/// How many segment ranges a refusal lists before it counts the rest.
+const LISTED_SEGMENTS: usize = 4;
+
+impl CodeRanges {
+    /// The code ranges of a file of `file_size` bytes.
+    pub(super) fn new(
+        file_size: u64,
+        header_size: u64,
+        has_load_segments: bool,
+        executable: Vec<Range<u64>>,
+    ) -> CodeRanges {
+        let mut sorted: Vec<Range<u64>> = executable
+            .iter()
+            .filter(|r| !r.is_empty())
+            .cloned()
+            .collect();
+        sorted.sort_unstable_by_key(|r| r.start);
+        let mut merged: Vec<Range<u64>> = Vec::with_capacity(sorted.len());
+        for range in sorted {
+            match merged.last_mut() {
+                Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
+                _ => merged.push(range),
+            }
+        }
+        CodeRanges {
+            file_size,
+            header_size,
+            has_load_segments,
+            executable,
+            merged,
+        }
+    }
+
+    /// Whether a uprobe at `offset` can ever fire; the error is the reason it cannot.
+    ///
+    /// # Errors
+    /// An offset inside the ELF header, at or past the end of the file, or outside every
+    /// executable `PT_LOAD` segment of a file that has `PT_LOAD` segments.
+    pub(super) fn check(&self, offset: u64) -> Result<(), String> {
+        if offset < self.header_size {
+            return Err(format!(
+                "file offset {offset:#x} is inside the ELF header (the first {} bytes of \
+                 the file), where no instruction is",
+                self.header_size
+            ));
+        }
+        if offset >= self.file_size {
+            return Err(format!(
+                "file offset {offset:#x} is at or past the end of the file ({} bytes)",
+                self.file_size
+            ));
+        }
+        if !self.has_load_segments {
+            return Ok(());
+        }
+        let at = self.merged.partition_point(|r| r.end <= offset);
+        if self.merged.get(at).is_some_and(|r| r.start <= offset) {
+            return Ok(());
+        }
+        Err(format!(
+            "file offset {offset:#x} is in no executable PT_LOAD segment ({}), so no \
+             instruction there is ever run; choose an offset in the file's code",
+            self.describe_segments()
+        ))
+    }
+
+    /// The executable segments' file ranges, briefly.
+    fn describe_segments(&self) -> String {
+        let ranges: Vec<&Range<u64>> = self.executable.iter().filter(|r| !r.is_empty()).collect();
+        if ranges.is_empty() {
+            return "the file has none".to_owned();
+        }
+        let mut text = String::from("they are at file offsets ");
+        for (i, range) in ranges.iter().take(LISTED_SEGMENTS).enumerate() {
+            let separator = if i == 0 { "" } else { ", " };
+            let _ = write!(text, "{separator}{:#x}..{:#x}", range.start, range.end);
+        }
+        if ranges.len() > LISTED_SEGMENTS {
+            let _ = write!(text, " and {} more", ranges.len() - LISTED_SEGMENTS);
+        }
+        text
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rand::rngs::StdRng;
@@ -222,5 +326,46 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn code_ranges_reject_what_never_runs() {
+        let code = CodeRanges::new(0x9000, 64, true, vec![0x2000..0x3000, 0x1000..0x1800]);
+        assert_eq!(code.check(0x1000), Ok(()));
+        assert_eq!(code.check(0x17ff), Ok(()));
+        assert_eq!(code.check(0x2fff), Ok(()));
+        let header = code.check(0).unwrap_err();
+        assert!(header.contains("ELF header"), "{header}");
+        assert!(code.check(63).unwrap_err().contains("ELF header"));
+        let end = code.check(0x9000).unwrap_err();
+        assert!(end.contains("end of the file (36864 bytes)"), "{end}");
+        assert!(code
+            .check(u64::MAX)
+            .unwrap_err()
+            .contains("end of the file"));
+        let outside = code.check(0x1800).unwrap_err();
+        assert!(
+            outside.contains("0x2000..0x3000, 0x1000..0x1800"),
+            "{outside}"
+        );
+        assert!(code.check(0x8000).is_err());
+
+        // Without program headers, anything past the header and before the end.
+        let no_segments = CodeRanges::new(0x9000, 52, false, Vec::new());
+        assert_eq!(no_segments.check(52), Ok(()));
+        assert!(no_segments.check(51).is_err());
+        // With segments but none executable, nothing.
+        let data_only = CodeRanges::new(0x9000, 64, true, Vec::new());
+        let none = data_only.check(0x1000).unwrap_err();
+        assert!(none.contains("the file has none"), "{none}");
+    }
+
+    #[test]
+    fn many_segments_are_listed_briefly() {
+        let ranges: Vec<Range<u64>> = (1..=10).map(|i| i * 0x1000..i * 0x1000 + 0x10).collect();
+        let code = CodeRanges::new(0x10_0000, 64, true, ranges);
+        let reason = code.check(0x1010).unwrap_err();
+        assert!(reason.contains("0x4000..0x4010 and 6 more"), "{reason}");
+        assert!(code.check(0xa00f).is_ok());
     }
 }

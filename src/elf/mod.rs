@@ -50,6 +50,7 @@ use crate::error::Error;
 use crate::glob::glob_match;
 
 use cache::{Cache, FileId};
+use layout::CodeRanges;
 use parse::parse;
 pub use parse::ElfFunction;
 use read::{read_file, Failure};
@@ -61,6 +62,7 @@ use read::{read_file, Failure};
 pub struct ElfSymbols {
     path: PathBuf,
     functions: Arc<[ElfFunction]>,
+    code: Arc<CodeRanges>,
 }
 
 impl fmt::Debug for ElfSymbols {
@@ -68,6 +70,7 @@ impl fmt::Debug for ElfSymbols {
         f.debug_struct("ElfSymbols")
             .field("path", &self.path)
             .field("functions", &self.functions.len())
+            .field("file_size", &self.code.file_size)
             .finish()
     }
 }
@@ -119,16 +122,16 @@ impl ElfSymbols {
             return Ok(cached.with_path(path));
         }
 
-        let functions =
-            read_file(file, metadata.len(), |data| parse(data)).map_err(
-                |failure| match failure {
-                    Failure::Read(e) => Error::syscall("read", what(), e),
-                    Failure::Invalid(reason) => Error::invalid(what(), reason),
-                },
-            )?;
+        let size = metadata.len();
+        let parsed =
+            read_file(file, size, |data| parse(data, size)).map_err(|failure| match failure {
+                Failure::Read(e) => Error::syscall("read", what(), e),
+                Failure::Invalid(reason) => Error::invalid(what(), reason),
+            })?;
         let symbols = Arc::new(ElfSymbols {
             path: path.to_owned(),
-            functions: functions.into(),
+            functions: parsed.functions.into(),
+            code: Arc::new(parsed.code),
         });
         // Cache only what is known to match its key: a file rewritten in place while it was
         // read gets new metadata, and its (possibly torn) parse is not kept.
@@ -144,6 +147,24 @@ impl ElfSymbols {
     #[must_use]
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The file's size in bytes when it was parsed.
+    #[allow(dead_code, reason = "for the uprobe resolver's checks")]
+    pub(crate) fn file_size(&self) -> u64 {
+        self.code.file_size
+    }
+
+    /// Whether a uprobe at `file_offset` in this file can ever fire; the error is the
+    /// reason it cannot, for an invalid-input error.
+    ///
+    /// # Errors
+    /// An offset inside the ELF header (offset 0 in particular), at or past the end of the
+    /// file, or (when the file has `PT_LOAD` program headers) outside the file range of
+    /// every executable `PT_LOAD` segment.
+    #[allow(dead_code, reason = "for the uprobe resolver's checks")]
+    pub(crate) fn check_probe_offset(&self, file_offset: u64) -> Result<(), String> {
+        self.code.check(file_offset)
     }
 
     /// All function symbols, sorted by name, then file offset.
@@ -243,6 +264,7 @@ impl ElfSymbols {
             Arc::new(ElfSymbols {
                 path: path.to_owned(),
                 functions: Arc::clone(&self.functions),
+                code: Arc::clone(&self.code),
             })
         }
     }

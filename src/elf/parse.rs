@@ -10,7 +10,7 @@ use object::read::elf::{
 use object::read::{StringTable, SymbolIndex};
 use object::{Endianness, FileKind};
 
-use super::layout::{Layout, Mapped};
+use super::layout::{CodeRanges, Layout, Mapped};
 use super::read::{Source, MAX_TABLE};
 
 /// One function symbol of an ELF file.
@@ -32,20 +32,28 @@ pub struct ElfFunction {
     pub ifunc: bool,
 }
 
-/// Parses the function symbols of an ELF file, sorted by name, then offset, then address,
-/// and deduplicated; the error is the reason the file is rejected, for
-/// [`Error::invalid`](crate::error::Error::invalid).
+/// What a parse finds: the functions, sorted by name, then offset, then address, and
+/// deduplicated; and where in the file code is.
+#[derive(Debug)]
+pub(super) struct Parsed {
+    pub(super) functions: Vec<ElfFunction>,
+    pub(super) code: CodeRanges,
+}
+
+/// Parses the function symbols of an ELF file of `file_size` bytes; the error is the
+/// reason the file is rejected, for [`Error::invalid`](crate::error::Error::invalid).
 ///
 /// # Errors
 /// Not an ELF file, a malformed one, or one that is neither an executable nor a shared
 /// library.
-pub(super) fn parse<'data, R: Source<'data>>(data: R) -> Result<Vec<ElfFunction>, String> {
-    let mut functions = match FileKind::parse(data) {
-        Ok(FileKind::Elf32) => parse_elf::<elf::FileHeader32<Endianness>, R>(data)?,
-        Ok(FileKind::Elf64) => parse_elf::<elf::FileHeader64<Endianness>, R>(data)?,
+pub(super) fn parse<'data, R: Source<'data>>(data: R, file_size: u64) -> Result<Parsed, String> {
+    let mut parsed = match FileKind::parse(data) {
+        Ok(FileKind::Elf32) => parse_elf::<elf::FileHeader32<Endianness>, R>(data, file_size)?,
+        Ok(FileKind::Elf64) => parse_elf::<elf::FileHeader64<Endianness>, R>(data, file_size)?,
         Ok(kind) => return Err(format!("not an ELF file: it is a {kind:?} file")),
         Err(e) => return Err(format!("not an ELF file: {e}")),
     };
+    let functions = &mut parsed.functions;
     functions.sort_unstable_by(|a, b| {
         (a.name.as_str(), a.offset, a.address).cmp(&(b.name.as_str(), b.offset, b.address))
     });
@@ -60,7 +68,7 @@ pub(super) fn parse<'data, R: Source<'data>>(data: R) -> Result<Vec<ElfFunction>
         }
         same
     });
-    Ok(functions)
+    Ok(parsed)
 }
 
 fn malformed(e: object::read::Error) -> String {
@@ -90,16 +98,19 @@ fn check_type(e_type: u16) -> Result<(), String> {
 /// As [`parse`].
 fn parse_elf<'data, Elf: FileHeader<Endian = Endianness>, R: Source<'data>>(
     data: R,
-) -> Result<Vec<ElfFunction>, String> {
+    file_size: u64,
+) -> Result<Parsed, String> {
     let header = Elf::parse(data).map_err(malformed)?;
     let endian = header.endian().map_err(malformed)?;
     check_type(header.e_type(endian))?;
 
-    let segments: Vec<Mapped> = header
-        .program_headers(endian, data)
-        .map_err(malformed)?
-        .iter()
-        .filter(|ph| ph.p_type(endian) == elf::PT_LOAD)
+    let program_headers = header.program_headers(endian, data).map_err(malformed)?;
+    let loads = || {
+        program_headers
+            .iter()
+            .filter(|ph| ph.p_type(endian) == elf::PT_LOAD)
+    };
+    let segments: Vec<Mapped> = loads()
         .map(|ph| Mapped {
             address: ph.p_vaddr(endian).into(),
             size: ph.p_memsz(endian).into(),
@@ -107,6 +118,18 @@ fn parse_elf<'data, Elf: FileHeader<Endian = Endianness>, R: Source<'data>>(
             executable: ph.p_flags(endian) & elf::PF_X != 0,
         })
         .collect();
+    let code = CodeRanges::new(
+        file_size,
+        u64::from(header.e_ehsize(endian)).max(std::mem::size_of::<Elf>() as u64),
+        !segments.is_empty(),
+        loads()
+            .filter(|ph| ph.p_flags(endian) & elf::PF_X != 0)
+            .map(|ph| {
+                let start: u64 = ph.p_offset(endian).into();
+                start..start.saturating_add(ph.p_filesz(endian).into())
+            })
+            .collect(),
+    );
     let sections = header.sections(endian, data).map_err(malformed)?;
     let layout = Layout::new(&segments, &section_ranges(&sections, endian));
 
@@ -127,7 +150,10 @@ fn parse_elf<'data, Elf: FileHeader<Endian = Endianness>, R: Source<'data>>(
     // Without a readable version table, dynamic names are still right for default versions.
     let versions = versions(&sections, endian, data);
     found.collect(&dynsym, versions.as_ref(), endian, &layout)?;
-    Ok(found.functions)
+    Ok(Parsed {
+        functions: found.functions,
+        code,
+    })
 }
 
 /// The allocated sections with file contents, as address ranges.
@@ -303,8 +329,8 @@ pub(super) mod tests {
     use super::*;
 
     /// [`parse`] of bytes in memory.
-    pub(in crate::elf) fn parse_bytes(data: &[u8]) -> Result<Vec<ElfFunction>, String> {
-        parse(data)
+    pub(in crate::elf) fn parse_bytes(data: &[u8]) -> Result<Parsed, String> {
+        parse(data, data.len() as u64)
     }
 
     /// Writes ELF fields in one class and byte order.
@@ -470,8 +496,9 @@ pub(super) mod tests {
         for is64 in [false, true] {
             for big_endian in [false, true] {
                 let case = format!("64-bit: {is64}, big endian: {big_endian}");
-                let functions =
-                    parse_bytes(&synthetic_elf(is64, big_endian, elf::ET_EXEC)).expect(&case);
+                let functions = parse_bytes(&synthetic_elf(is64, big_endian, elf::ET_EXEC))
+                    .expect(&case)
+                    .functions;
                 parsed.push((case, functions));
             }
         }

@@ -232,14 +232,16 @@ mod tests {
     fn a_file_is_read_in_place_and_a_short_read_is_a_read_error() {
         let file = File::open("/bin/true").unwrap();
         let len = file.metadata().unwrap().len();
-        read_file(&file, len, |data| parse(data)).unwrap();
+        let parsed = read_file(&file, len, |data| parse(data, len)).unwrap();
+        assert_eq!(parsed.code.file_size, len);
+        assert!(parsed.code.has_load_segments);
 
         // Truncated after it was measured: its section headers are gone.
         let copy = std::env::temp_dir().join(format!("probeset-elf-read-{}", std::process::id()));
         std::fs::copy("/bin/true", &copy).unwrap();
         let file = File::options().read(true).write(true).open(&copy).unwrap();
         file.set_len(len / 2).unwrap();
-        let failure = read_file(&file, len, |data| parse(data));
+        let failure = read_file(&file, len, |data| parse(data, len));
         std::fs::remove_file(&copy).unwrap();
         match failure {
             Err(Failure::Read(e)) => assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof),
