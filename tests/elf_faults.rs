@@ -1,7 +1,7 @@
 //! ELF loading under hostile input, through the public API: a 100 GiB sparse file, a large
 //! file that is mostly padding (memory must not grow with the file), a file with 65 534
-//! program headers and 200 000 symbols (no quadratic translation). Nothing here needs
-//! root or a tracefs; files go under the temporary directory.
+//! program headers and 200 000 symbols (no quadratic translation), and random funccount
+//! patterns. Nothing here needs root or a tracefs; files go under the temporary directory.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -9,7 +9,10 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use probeset::discovery;
 use probeset::elf::ElfSymbols;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 /// The tests measure this process's memory and time: one at a time.
 fn serial() -> MutexGuard<'static, ()> {
@@ -334,4 +337,76 @@ fn many_program_headers_and_symbols_load_in_linear_time() {
         Synthetic::offset(199_999, text_offset)
     );
     assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+/// A random string over an alphabet that exercises the pattern syntax.
+fn random_pattern(rng: &mut StdRng) -> String {
+    const PIECES: &[&str] = &[
+        "a",
+        "Z",
+        "0",
+        "_",
+        ".",
+        "*",
+        "?",
+        "[",
+        "]",
+        "!",
+        "^",
+        "-",
+        "\\",
+        ":",
+        "/",
+        " ",
+        ";",
+        "é",
+        "\u{0}",
+        "\u{10ffff}",
+        "::",
+        "c:",
+        "vfs_",
+        "[a-z]",
+        "[!",
+    ];
+    let len = rng.gen_range(0..64);
+    (0..len)
+        .map(|_| PIECES[rng.gen_range(0..PIECES.len())])
+        .collect()
+}
+
+#[test]
+fn random_patterns_parse_or_fail_cleanly() {
+    let mut rng = StdRng::seed_from_u64(0x7061_7474);
+    let started = Instant::now();
+    let mut cases = 0;
+    let mut accepted = 0;
+    for _ in 0..20_000 {
+        let pattern = random_pattern(&mut rng);
+        let case = Instant::now();
+        match discovery::parse_pattern(&pattern) {
+            Ok(parsed) => {
+                accepted += 1;
+                // A parse shows itself as what was parsed.
+                assert_eq!(parsed.to_string(), pattern);
+            }
+            Err(e) => assert!(e.is_invalid_input(), "{pattern:?}: {e}"),
+        }
+        assert!(case.elapsed() < Duration::from_secs(2), "{pattern:?}");
+        cases += 1;
+    }
+    // A few long ones: a megabyte of stars, of colons, of brackets.
+    for piece in ["*", ":", "[", "a:*", "\u{10ffff}"] {
+        let pattern = piece.repeat(1 << 20);
+        let case = Instant::now();
+        let _ = discovery::parse_pattern(&pattern);
+        assert!(
+            case.elapsed() < Duration::from_secs(2),
+            "{piece:?} repeated"
+        );
+        cases += 1;
+    }
+    eprintln!(
+        "{cases} random patterns ({accepted} accepted) in {:?}",
+        started.elapsed()
+    );
 }

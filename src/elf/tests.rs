@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime};
 use super::parse::tests::parsed_synthetic_executables;
 use super::*;
 
+mod fuzz;
+
 /// A function of the test executable whose file offset the tests resolve.
 /// (Found by its mangled name, which contains the function's name: `no_mangle` would
 /// need unsafe code, which lives in `sys` only.)
