@@ -180,7 +180,12 @@ pub(super) fn linker_cache() -> Vec<CacheEntry> {
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
+    use std::panic::catch_unwind;
     use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
 
     use super::*;
     use crate::elf::is_elf_file;
@@ -294,5 +299,69 @@ mod tests {
             assert!(is_native(entries[0].flags));
             assert!(!is_native(entries[1].flags));
         }
+    }
+    /// A mutation of `seed`: bytes, aligned 32-bit fields (counts, string offsets) set
+    /// to edge values, a truncation, or a tail of garbage.
+    fn mutated(rng: &mut StdRng, seed: &[u8]) -> Vec<u8> {
+        let mut data = seed.to_vec();
+        for _ in 0..rng.gen_range(1..5) {
+            match rng.gen_range(0..5) {
+                0 if !data.is_empty() => {
+                    let at = rng.gen_range(0..data.len());
+                    data[at] = rng.gen();
+                }
+                1 | 2 if data.len() >= 4 => {
+                    // Most fields are in the header and the first entries.
+                    let fields = (data.len() / 4).min(if rng.gen() { 64 } else { usize::MAX });
+                    let at = 4 * rng.gen_range(0..fields);
+                    let len = u32::try_from(data.len()).unwrap();
+                    let value = [0, 1, u32::MAX, u32::MAX / 24, len, len - 1, rng.gen()]
+                        [rng.gen_range(0..7)];
+                    data[at..at + 4].copy_from_slice(&value.to_ne_bytes());
+                }
+                3 => data.truncate(rng.gen_range(0..=data.len())),
+                _ => data.extend((0..rng.gen_range(0..64)).map(|_| rng.gen::<u8>())),
+            }
+        }
+        data
+    }
+
+    /// Random and mutated caches (the real one too, when there is one): each parses or is
+    /// refused, without a panic, in well under 2 s.
+    #[test]
+    fn random_and_mutated_caches_parse_or_fail_cleanly() {
+        let mut seeds = vec![synthetic_cache(false), synthetic_cache(true)];
+        seeds.extend(std::fs::read(LD_SO_CACHE));
+        let mut rng = StdRng::seed_from_u64(0x6c64_736f);
+        let started = Instant::now();
+        let (mut cases, mut parsed) = (0, 0);
+        let mut check = |data: &[u8]| {
+            let case = Instant::now();
+            let outcome = catch_unwind(|| parse_ld_so_cache(data))
+                .unwrap_or_else(|_| panic!("parse_ld_so_cache panicked on {data:x?}"));
+            let took = case.elapsed();
+            match outcome {
+                Ok(_) => parsed += 1,
+                Err(reason) => assert!(!reason.is_empty()),
+            }
+            assert!(took < Duration::from_secs(2), "{took:?} on {data:x?}");
+            cases += 1;
+        };
+        for seed in &seeds {
+            for _ in 0..1000 {
+                check(&mutated(&mut rng, seed));
+            }
+        }
+        // Random bytes, bare and behind each magic.
+        for _ in 0..1000 {
+            let magic = [CACHE_MAGIC_NEW, CACHE_MAGIC_OLD, b""][rng.gen_range(0..3)];
+            let mut data = magic.to_vec();
+            data.extend((0..rng.gen_range(0..512)).map(|_| rng.gen::<u8>()));
+            check(&data);
+        }
+        eprintln!(
+            "{cases} caches ({parsed} parsed) in {:?}",
+            started.elapsed()
+        );
     }
 }

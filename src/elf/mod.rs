@@ -10,6 +10,10 @@
 //! name: `getpid` resolves to the default version. A non-default (hidden) version is listed
 //! as `name@VERSION` (as `nm -D` prints it), for example `memcpy@GLIBC_2.2.5`.
 //!
+//! Only the headers and the symbol, string and version tables are read, each with
+//! positional reads and at most 1 GiB, so memory follows the tables and not the size of
+//! the file; addresses are translated through ranges sorted once, in O(log n) each.
+//!
 //! Parsed files are cached process-wide, keyed by the file's device, inode, size, mtime and
 //! ctime, so loading the same library for many probes reads it once, and a file that was
 //! replaced or rewritten is read again.
@@ -31,11 +35,13 @@
 //! ```
 
 mod cache;
+mod layout;
 mod parse;
+mod read;
 
 use std::fmt;
 use std::fs::{File, Metadata, OpenOptions};
-use std::io::{self, Read};
+use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -44,8 +50,10 @@ use crate::error::Error;
 use crate::glob::glob_match;
 
 use cache::{Cache, FileId};
+use layout::CodeRanges;
 use parse::parse;
 pub use parse::ElfFunction;
+use read::{read_file, Failure};
 
 /// The function symbols of one ELF file (`.symtab` and `.dynsym` merged, deduplicated by
 /// name and address).
@@ -54,6 +62,7 @@ pub use parse::ElfFunction;
 pub struct ElfSymbols {
     path: PathBuf,
     functions: Arc<[ElfFunction]>,
+    code: Arc<CodeRanges>,
 }
 
 impl fmt::Debug for ElfSymbols {
@@ -61,6 +70,7 @@ impl fmt::Debug for ElfSymbols {
         f.debug_struct("ElfSymbols")
             .field("path", &self.path)
             .field("functions", &self.functions.len())
+            .field("file_size", &self.code.file_size)
             .finish()
     }
 }
@@ -73,8 +83,9 @@ impl ElfSymbols {
     /// without reading it, and a file that was rewritten or replaced is read again. At most
     /// 64 files are kept; the oldest is dropped first.
     ///
-    /// This reads the whole file; call it from a blocking context (for example inside
-    /// `tokio::task::spawn_blocking`).
+    /// This reads the file's headers and its symbol, string and version tables (not the
+    /// rest of it), each of them at most 1 GiB; call it from a blocking context (for
+    /// example inside `tokio::task::spawn_blocking`).
     ///
     /// # Errors
     ///
@@ -83,20 +94,44 @@ impl ElfSymbols {
     ///   [`Error::Syscall`] if opening or reading it fails otherwise.
     /// - [`Error::InvalidInput`] if it is not a regular file, not an ELF file, or an ELF
     ///   file that is neither an executable nor a shared library (an object file or core
-    ///   dump).
+    ///   dump), or a malformed one (a table past the end of the file or larger than 1 GiB).
     pub fn load(path: &Path) -> Result<Arc<ElfSymbols>, Error> {
+        let file = open(path)?;
+        ElfSymbols::load_from(path, &file)
+    }
+
+    /// Parses the file behind `file`, which the caller holds open: the symbols are those
+    /// of exactly this inode, whatever `path` names by now. The cache is keyed by what
+    /// `fstat` says of `file`; `path` is only for messages and [`ElfSymbols::path`].
+    ///
+    /// # Errors
+    /// As [`ElfSymbols::load`], for everything after opening.
+    pub(crate) fn load_from(path: &Path, file: &File) -> Result<Arc<ElfSymbols>, Error> {
         let what = || format!("binary {path:?}");
-        let (mut file, metadata) = open_regular_file(path)?;
+        let metadata = file
+            .metadata()
+            .map_err(|e| Error::syscall("fstat", what(), e))?;
+        if !metadata.is_file() {
+            return Err(Error::invalid(
+                what(),
+                format!("not an ELF file: {}", describe_file_type(&metadata)),
+            ));
+        }
         let id = FileId::of(&metadata);
         if let Some(cached) = lock_cache().get(&id) {
             return Ok(cached.with_path(path));
         }
 
-        let data = read_all(&mut file, &metadata).map_err(|e| Error::syscall("read", what(), e))?;
-        let functions = parse(&data).map_err(|reason| Error::invalid(what(), reason))?;
+        let size = metadata.len();
+        let parsed =
+            read_file(file, size, |data| parse(data, size)).map_err(|failure| match failure {
+                Failure::Read(e) => Error::syscall("read", what(), e),
+                Failure::Invalid(reason) => Error::invalid(what(), reason),
+            })?;
         let symbols = Arc::new(ElfSymbols {
             path: path.to_owned(),
-            functions: functions.into(),
+            functions: parsed.functions.into(),
+            code: Arc::new(parsed.code),
         });
         // Cache only what is known to match its key: a file rewritten in place while it was
         // read gets new metadata, and its (possibly torn) parse is not kept.
@@ -112,6 +147,24 @@ impl ElfSymbols {
     #[must_use]
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The file's size in bytes when it was parsed.
+    #[allow(dead_code, reason = "for the uprobe resolver's checks")]
+    pub(crate) fn file_size(&self) -> u64 {
+        self.code.file_size
+    }
+
+    /// Whether a uprobe at `file_offset` in this file can ever fire; the error is the
+    /// reason it cannot, for an invalid-input error.
+    ///
+    /// # Errors
+    /// An offset inside the ELF header (offset 0 in particular), at or past the end of the
+    /// file, or (when the file has `PT_LOAD` program headers) outside the file range of
+    /// every executable `PT_LOAD` segment.
+    #[allow(dead_code, reason = "for the uprobe resolver's checks")]
+    pub(crate) fn check_probe_offset(&self, file_offset: u64) -> Result<(), String> {
+        self.code.check(file_offset)
     }
 
     /// All function symbols, sorted by name, then file offset.
@@ -211,6 +264,7 @@ impl ElfSymbols {
             Arc::new(ElfSymbols {
                 path: path.to_owned(),
                 functions: Arc::clone(&self.functions),
+                code: Arc::clone(&self.code),
             })
         }
     }
@@ -246,15 +300,15 @@ fn lock_cache() -> MutexGuard<'static, Cache<ElfSymbols>> {
         .unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Opens `path` for reading, and checks that it is a regular file.
+/// Opens `path` for reading (`O_RDONLY | O_CLOEXEC`).
 ///
 /// # Errors
-/// As [`ElfSymbols::load`], for opening and for what is not a regular file.
-fn open_regular_file(path: &Path) -> Result<(File, Metadata), Error> {
+/// As [`ElfSymbols::load`], for opening.
+fn open(path: &Path) -> Result<File, Error> {
     let what = || format!("binary {path:?}");
-    // O_NONBLOCK so that a FIFO given by mistake is rejected below instead of blocking the
-    // open until a writer appears; it changes nothing for a regular file.
-    let file = OpenOptions::new()
+    // O_NONBLOCK so that a FIFO given by mistake is rejected (by `load_from`) instead of
+    // blocking the open until a writer appears; it changes nothing for a regular file.
+    OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
@@ -266,17 +320,7 @@ fn open_regular_file(path: &Path) -> Result<(File, Metadata), Error> {
                 Some(e),
             ),
             _ => Error::syscall("open", what(), e),
-        })?;
-    let metadata = file
-        .metadata()
-        .map_err(|e| Error::syscall("fstat", what(), e))?;
-    if !metadata.is_file() {
-        return Err(Error::invalid(
-            what(),
-            format!("not an ELF file: {}", describe_file_type(&metadata)),
-        ));
-    }
-    Ok((file, metadata))
+        })
 }
 
 /// What a file that is not a regular one is, for the error.
@@ -293,16 +337,6 @@ fn describe_file_type(metadata: &Metadata) -> &'static str {
     } else {
         "it is not a regular file"
     }
-}
-
-/// The whole file, read in one allocation of its size.
-///
-/// # Errors
-/// The error of reading it.
-fn read_all(file: &mut File, metadata: &Metadata) -> io::Result<Vec<u8>> {
-    let mut data = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
-    file.read_to_end(&mut data)?;
-    Ok(data)
 }
 
 #[cfg(test)]

@@ -1,10 +1,17 @@
-//! The function symbols of an ELF file's bytes, through the `object` crate: `.symtab` and
-//! `.dynsym`, their versions, and each address's file offset through the file's [`Layout`].
+//! The function symbols of an ELF file, through the `object` crate: `.symtab` and
+//! `.dynsym`, their versions, and each address's file offset through the file's
+//! [`Layout`]. The bytes come through a [`ReadRef`]: in production a bounded reader of the
+//! file ([`read`](super::read)), in the tests a slice.
 
 use object::elf;
-use object::read::elf::{FileHeader, ProgramHeader, SectionHeader, Sym, SymbolTable, VersionTable};
-use object::read::SymbolIndex;
+use object::read::elf::{
+    FileHeader, ProgramHeader, SectionHeader, SectionTable, Sym, SymbolTable, VersionTable,
+};
+use object::read::{StringTable, SymbolIndex};
 use object::{Endianness, FileKind};
+
+use super::layout::{CodeRanges, Layout, Mapped};
+use super::read::{Source, MAX_TABLE};
 
 /// One function symbol of an ELF file.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -25,19 +32,28 @@ pub struct ElfFunction {
     pub ifunc: bool,
 }
 
-/// Parses the function symbols of an ELF file's contents; the error is the reason the file
-/// is rejected, for [`Error::invalid`](crate::error::Error::invalid).
+/// What a parse finds: the functions, sorted by name, then offset, then address, and
+/// deduplicated; and where in the file code is.
+#[derive(Debug)]
+pub(super) struct Parsed {
+    pub(super) functions: Vec<ElfFunction>,
+    pub(super) code: CodeRanges,
+}
+
+/// Parses the function symbols of an ELF file of `file_size` bytes; the error is the
+/// reason the file is rejected, for [`Error::invalid`](crate::error::Error::invalid).
 ///
 /// # Errors
 /// Not an ELF file, a malformed one, or one that is neither an executable nor a shared
 /// library.
-pub(super) fn parse(data: &[u8]) -> Result<Vec<ElfFunction>, String> {
-    let mut functions = match FileKind::parse(data) {
-        Ok(FileKind::Elf32) => parse_elf::<elf::FileHeader32<Endianness>>(data)?,
-        Ok(FileKind::Elf64) => parse_elf::<elf::FileHeader64<Endianness>>(data)?,
+pub(super) fn parse<'data, R: Source<'data>>(data: R, file_size: u64) -> Result<Parsed, String> {
+    let mut parsed = match FileKind::parse(data) {
+        Ok(FileKind::Elf32) => parse_elf::<elf::FileHeader32<Endianness>, R>(data, file_size)?,
+        Ok(FileKind::Elf64) => parse_elf::<elf::FileHeader64<Endianness>, R>(data, file_size)?,
         Ok(kind) => return Err(format!("not an ELF file: it is a {kind:?} file")),
         Err(e) => return Err(format!("not an ELF file: {e}")),
     };
+    let functions = &mut parsed.functions;
     functions.sort_unstable_by(|a, b| {
         (a.name.as_str(), a.offset, a.address).cmp(&(b.name.as_str(), b.offset, b.address))
     });
@@ -52,39 +68,49 @@ pub(super) fn parse(data: &[u8]) -> Result<Vec<ElfFunction>, String> {
         }
         same
     });
-    Ok(functions)
+    Ok(parsed)
+}
+
+fn malformed(e: object::read::Error) -> String {
+    format!("not an ELF file: {e}")
+}
+
+/// Refuses what is neither an executable nor a shared library.
+///
+/// # Errors
+/// An object file, a core dump, or any other ELF type.
+fn check_type(e_type: u16) -> Result<(), String> {
+    match e_type {
+        elf::ET_EXEC | elf::ET_DYN => Ok(()),
+        elf::ET_REL => Err("a relocatable object file (ET_REL) has no load addresses; \
+                            probe the executable or shared library it is linked into"
+            .to_owned()),
+        other => Err(format!(
+            "ELF type {other} is neither an executable (ET_EXEC) nor a shared library \
+             (ET_DYN)"
+        )),
+    }
 }
 
 /// [`parse`] of one ELF class, before the functions are sorted and deduplicated.
 ///
 /// # Errors
 /// As [`parse`].
-fn parse_elf<Elf: FileHeader<Endian = Endianness>>(
-    data: &[u8],
-) -> Result<Vec<ElfFunction>, String> {
-    let malformed = |e: object::read::Error| format!("not an ELF file: {e}");
+fn parse_elf<'data, Elf: FileHeader<Endian = Endianness>, R: Source<'data>>(
+    data: R,
+    file_size: u64,
+) -> Result<Parsed, String> {
     let header = Elf::parse(data).map_err(malformed)?;
     let endian = header.endian().map_err(malformed)?;
-    match header.e_type(endian) {
-        elf::ET_EXEC | elf::ET_DYN => {}
-        elf::ET_REL => {
-            return Err("a relocatable object file (ET_REL) has no load addresses; \
-                        probe the executable or shared library it is linked into"
-                .to_owned())
-        }
-        other => {
-            return Err(format!(
-                "ELF type {other} is neither an executable (ET_EXEC) nor a shared library \
-                 (ET_DYN)"
-            ))
-        }
-    }
+    check_type(header.e_type(endian))?;
 
-    let segments = header
-        .program_headers(endian, data)
-        .map_err(malformed)?
-        .iter()
-        .filter(|ph| ph.p_type(endian) == elf::PT_LOAD)
+    let program_headers = header.program_headers(endian, data).map_err(malformed)?;
+    let loads = || {
+        program_headers
+            .iter()
+            .filter(|ph| ph.p_type(endian) == elf::PT_LOAD)
+    };
+    let segments: Vec<Mapped> = loads()
         .map(|ph| Mapped {
             address: ph.p_vaddr(endian).into(),
             size: ph.p_memsz(endian).into(),
@@ -92,8 +118,50 @@ fn parse_elf<Elf: FileHeader<Endian = Endianness>>(
             executable: ph.p_flags(endian) & elf::PF_X != 0,
         })
         .collect();
+    let code = CodeRanges::new(
+        file_size,
+        u64::from(header.e_ehsize(endian)).max(std::mem::size_of::<Elf>() as u64),
+        !segments.is_empty(),
+        loads()
+            .filter(|ph| ph.p_flags(endian) & elf::PF_X != 0)
+            .map(|ph| {
+                let start: u64 = ph.p_offset(endian).into();
+                start..start.saturating_add(ph.p_filesz(endian).into())
+            })
+            .collect(),
+    );
     let sections = header.sections(endian, data).map_err(malformed)?;
-    let section_ranges = sections
+    let layout = Layout::new(&segments, &section_ranges(&sections, endian));
+
+    let mut found = Found::default();
+    let symtab = sections
+        .symbols(endian, data, elf::SHT_SYMTAB)
+        .map_err(malformed)?;
+    found.collect(
+        &Table::of(&symtab, &sections, endian, data),
+        None,
+        endian,
+        &layout,
+    )?;
+    let dynsym = sections
+        .symbols(endian, data, elf::SHT_DYNSYM)
+        .map_err(malformed)?;
+    let dynsym = Table::of(&dynsym, &sections, endian, data);
+    // Without a readable version table, dynamic names are still right for default versions.
+    let versions = versions(&sections, endian, data);
+    found.collect(&dynsym, versions.as_ref(), endian, &layout)?;
+    Ok(Parsed {
+        functions: found.functions,
+        code,
+    })
+}
+
+/// The allocated sections with file contents, as address ranges.
+fn section_ranges<'data, Elf: FileHeader<Endian = Endianness>, R: Source<'data>>(
+    sections: &SectionTable<'data, Elf, R>,
+    endian: Endianness,
+) -> Vec<Mapped> {
+    sections
         .iter()
         .filter(|sh| {
             sh.sh_type(endian) != elf::SHT_NOBITS
@@ -105,65 +173,126 @@ fn parse_elf<Elf: FileHeader<Endian = Endianness>>(
             offset: sh.sh_offset(endian).into(),
             executable: sh.sh_flags(endian).into() & u64::from(elf::SHF_EXECINSTR) != 0,
         })
-        .collect();
-    let layout = Layout {
-        segments,
-        sections: section_ranges,
-    };
-
-    let mut functions = Vec::new();
-    let symtab = sections
-        .symbols(endian, data, elf::SHT_SYMTAB)
-        .map_err(malformed)?;
-    collect_functions(&symtab, None, endian, &layout, &mut functions);
-    let dynsym = sections
-        .symbols(endian, data, elf::SHT_DYNSYM)
-        .map_err(malformed)?;
-    // Without a readable version table, dynamic names are still right for default versions.
-    let versions = sections.versions(endian, data).ok().flatten();
-    collect_functions(&dynsym, versions.as_ref(), endian, &layout, &mut functions);
-    Ok(functions)
+        .collect()
 }
 
-/// Appends the defined, named function symbols of `table` that have a file offset.
-/// `versions` is the `.gnu.version` table, for `.dynsym` only.
-fn collect_functions<'data, Elf: FileHeader<Endian = Endianness>>(
-    table: &SymbolTable<'data, Elf, &'data [u8]>,
-    versions: Option<&VersionTable<'_, Elf>>,
+/// The version table (`.gnu.version`, with `.gnu.version_d` and `.gnu.version_r`), its
+/// names read from the string table of the symbol table it belongs to; `None` if there is
+/// none or it cannot be read.
+fn versions<'data, Elf: FileHeader<Endian = Endianness>, R: Source<'data>>(
+    sections: &SectionTable<'data, Elf, R>,
     endian: Endianness,
-    layout: &Layout,
-    functions: &mut Vec<ElfFunction>,
-) {
-    for (index, sym) in table.enumerate() {
-        let ifunc = match sym.st_type() {
-            elf::STT_FUNC => false,
-            elf::STT_GNU_IFUNC => true,
-            _ => continue,
+    data: R,
+) -> Option<VersionTable<'data, Elf>> {
+    let read = || {
+        let Some((versyms, link)) = sections.gnu_versym(endian, data)? else {
+            return Ok(None);
         };
-        if sym.is_undefined(endian) {
-            continue;
+        let table = sections.symbol_table_by_index(endian, data, link)?;
+        let strings = Table::of(&table, sections, endian, data).strings;
+        let verdefs = sections.gnu_verdef(endian, data)?.map(|(defs, _)| defs);
+        let verneeds = sections.gnu_verneed(endian, data)?.map(|(needs, _)| needs);
+        VersionTable::parse(endian, versyms, verdefs, verneeds, strings).map(Some)
+    };
+    read().unwrap_or_else(|_| {
+        data.forgive();
+        None
+    })
+}
+
+/// A symbol table with its whole string table, read at once.
+struct Table<'data, Elf: FileHeader> {
+    symbols: &'data [Elf::Sym],
+    strings: StringTable<'data, &'data [u8]>,
+}
+
+impl<'data, Elf: FileHeader<Endian = Endianness>> Table<'data, Elf> {
+    /// `table`'s symbols, and its string table in one read: a name that cannot be read
+    /// (the table is missing or unreadable) is a symbol skipped, not a file refused.
+    fn of<R: Source<'data>>(
+        table: &SymbolTable<'data, Elf, R>,
+        sections: &SectionTable<'data, Elf, R>,
+        endian: Endianness,
+        data: R,
+    ) -> Table<'data, Elf> {
+        let strings = if table.is_empty() || table.string_section().0 == 0 {
+            &[][..]
+        } else {
+            sections
+                .section(table.string_section())
+                .and_then(|section| section.data(endian, data))
+                .unwrap_or_else(|_| {
+                    data.forgive();
+                    &[]
+                })
+        };
+        Table {
+            symbols: table.symbols(),
+            strings: StringTable::new(strings, 0, strings.len() as u64),
         }
-        let Ok(name) = sym.name(endian, table.strings()) else {
-            continue;
-        };
-        if name.is_empty() {
-            continue;
+    }
+}
+
+/// The functions found so far, and the bytes of their names.
+#[derive(Default)]
+struct Found {
+    functions: Vec<ElfFunction>,
+    name_bytes: u64,
+}
+
+impl Found {
+    /// Appends the defined, named function symbols of `table` that have a file offset.
+    /// `versions` is the `.gnu.version` table, for `.dynsym` only.
+    ///
+    /// # Errors
+    /// When the names add up to more than [`MAX_TABLE`] (a string shared by many symbols
+    /// is copied for each).
+    fn collect<Elf: FileHeader<Endian = Endianness>>(
+        &mut self,
+        table: &Table<'_, Elf>,
+        versions: Option<&VersionTable<'_, Elf>>,
+        endian: Endianness,
+        layout: &Layout,
+    ) -> Result<(), String> {
+        for (index, sym) in table.symbols.iter().enumerate() {
+            let ifunc = match sym.st_type() {
+                elf::STT_FUNC => false,
+                elf::STT_GNU_IFUNC => true,
+                _ => continue,
+            };
+            if sym.is_undefined(endian) {
+                continue;
+            }
+            let Ok(name) = sym.name(endian, table.strings) else {
+                continue;
+            };
+            if name.is_empty() {
+                continue;
+            }
+            let address: u64 = sym.st_value(endian).into();
+            let Some(offset) = layout.file_offset(address) else {
+                continue;
+            };
+            self.name_bytes += name.len() as u64;
+            if self.name_bytes > MAX_TABLE {
+                return Err(format!(
+                    "the names of its functions add up to more than {} MiB",
+                    MAX_TABLE >> 20
+                ));
+            }
+            self.functions.push(ElfFunction {
+                name: symbol_name(name, SymbolIndex(index), versions, endian),
+                offset,
+                address,
+                size: sym.st_size(endian).into(),
+                global: matches!(
+                    sym.st_bind(),
+                    elf::STB_GLOBAL | elf::STB_WEAK | elf::STB_GNU_UNIQUE
+                ),
+                ifunc,
+            });
         }
-        let address: u64 = sym.st_value(endian).into();
-        let Some(offset) = layout.file_offset(address) else {
-            continue;
-        };
-        functions.push(ElfFunction {
-            name: symbol_name(name, index, versions, endian),
-            offset,
-            address,
-            size: sym.st_size(endian).into(),
-            global: matches!(
-                sym.st_bind(),
-                elf::STB_GLOBAL | elf::STB_WEAK | elf::STB_GNU_UNIQUE
-            ),
-            ifunc,
-        });
+        Ok(())
     }
 }
 
@@ -195,48 +324,14 @@ fn symbol_name<Elf: FileHeader<Endian = Endianness>>(
     }
 }
 
-/// An address range that is backed by the file (a `PT_LOAD` segment or an allocated
-/// section).
-struct Mapped {
-    address: u64,
-    size: u64,
-    offset: u64,
-    executable: bool,
-}
-
-impl Mapped {
-    fn file_offset(&self, address: u64) -> Option<u64> {
-        let within = address.checked_sub(self.address)?;
-        (within < self.size).then(|| self.offset.checked_add(within))?
-    }
-}
-
-/// How an ELF file's virtual addresses map to its file offsets.
-struct Layout {
-    segments: Vec<Mapped>,
-    sections: Vec<Mapped>,
-}
-
-impl Layout {
-    /// The file offset of `address`: through the `PT_LOAD` segment that contains it
-    /// (executable ones first), or else through the allocated section that contains it.
-    fn file_offset(&self, address: u64) -> Option<u64> {
-        let first_in = |ranges: &[Mapped], executable: bool| {
-            ranges
-                .iter()
-                .filter(|range| range.executable == executable)
-                .find_map(|range| range.file_offset(address))
-        };
-        first_in(&self.segments, true)
-            .or_else(|| first_in(&self.segments, false))
-            .or_else(|| first_in(&self.sections, true))
-            .or_else(|| first_in(&self.sections, false))
-    }
-}
-
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+
+    /// [`parse`] of bytes in memory.
+    pub(in crate::elf) fn parse_bytes(data: &[u8]) -> Result<Parsed, String> {
+        parse(data, data.len() as u64)
+    }
 
     /// Writes ELF fields in one class and byte order.
     struct Writer {
@@ -320,7 +415,7 @@ pub(super) mod tests {
 
     /// A minimal ELF file: one `PT_LOAD` (file 0x100.. at 0x401000), `.text` inside it,
     /// `.text2` (file 0x200.., at 0x9000) outside any segment, and a `.symtab`.
-    fn synthetic_elf(is64: bool, big_endian: bool, e_type: u16) -> Vec<u8> {
+    pub(in crate::elf) fn synthetic_elf(is64: bool, big_endian: bool, e_type: u16) -> Vec<u8> {
         let symsize: u64 = if is64 { 24 } else { 16 };
         let mut w = Writer {
             is64,
@@ -401,7 +496,9 @@ pub(super) mod tests {
         for is64 in [false, true] {
             for big_endian in [false, true] {
                 let case = format!("64-bit: {is64}, big endian: {big_endian}");
-                let functions = parse(&synthetic_elf(is64, big_endian, elf::ET_EXEC)).expect(&case);
+                let functions = parse_bytes(&synthetic_elf(is64, big_endian, elf::ET_EXEC))
+                    .expect(&case)
+                    .functions;
                 parsed.push((case, functions));
             }
         }
@@ -431,11 +528,11 @@ pub(super) mod tests {
 
     #[test]
     fn rejects_object_files() {
-        let reason = parse(&synthetic_elf(true, false, elf::ET_REL)).unwrap_err();
+        let reason = parse_bytes(&synthetic_elf(true, false, elf::ET_REL)).unwrap_err();
         assert!(reason.contains("ET_REL"), "{reason}");
-        let reason = parse(&synthetic_elf(true, false, elf::ET_CORE)).unwrap_err();
+        let reason = parse_bytes(&synthetic_elf(true, false, elf::ET_CORE)).unwrap_err();
         assert!(reason.contains("ELF type 4"), "{reason}");
-        let reason = parse(b"\x7fELF\x02\x01\x01").unwrap_err();
+        let reason = parse_bytes(b"\x7fELF\x02\x01\x01").unwrap_err();
         assert!(reason.starts_with("not an ELF file"), "{reason}");
     }
 }

@@ -7,6 +7,8 @@ use std::time::{Duration, SystemTime};
 use super::parse::tests::parsed_synthetic_executables;
 use super::*;
 
+mod fuzz;
+
 /// A function of the test executable whose file offset the tests resolve.
 /// (Found by its mangled name, which contains the function's name: `no_mangle` would
 /// need unsafe code, which lives in `sys` only.)
@@ -243,6 +245,7 @@ fn function(name: &str, offset: u64, global: bool) -> ElfFunction {
 fn resolve_picks_among_same_named_functions() {
     let symbols = ElfSymbols {
         path: PathBuf::from("/bin/x"),
+        code: Arc::default(),
         functions: Arc::from([
             function("dup", 0x10, false),
             function("dup", 0x20, true),
@@ -274,6 +277,7 @@ fn synthetic_files_resolve_and_match() {
         let symbols = ElfSymbols {
             path: PathBuf::from("/synthetic"),
             functions: functions.into(),
+            code: Arc::default(),
         };
         assert_eq!(
             symbols.resolve("alpha").unwrap(),
@@ -297,4 +301,129 @@ fn synthetic_files_resolve_and_match() {
             "size 0 is not matched; {case}"
         );
     }
+}
+
+#[test]
+fn probe_offsets_of_real_binaries() {
+    let exe = std::env::current_exe().unwrap();
+    let symbols = ElfSymbols::load(&exe).unwrap();
+    let size = std::fs::metadata(&exe).unwrap().len();
+    assert_eq!(symbols.file_size(), size);
+    let names: Vec<&ElfFunction> = symbols.matching("*probeset_elf_test_target*").collect();
+    assert_eq!(symbols.check_probe_offset(names[0].offset), Ok(()));
+    for offset in [0, 1, 63] {
+        let reason = symbols.check_probe_offset(offset).unwrap_err();
+        assert!(reason.contains("ELF header"), "{offset}: {reason}");
+    }
+    for offset in [size, size + 1, u64::MAX] {
+        let reason = symbols.check_probe_offset(offset).unwrap_err();
+        assert!(reason.contains(&format!("({size} bytes)")), "{reason}");
+    }
+    // The section headers are at the end of the file, in no segment.
+    let reason = symbols.check_probe_offset(size - 1).unwrap_err();
+    assert!(reason.contains("no executable PT_LOAD segment"), "{reason}");
+    assert!(reason.contains(".."), "the segments are named: {reason}");
+
+    let (_, _, libc) = mapping_of(address_of_getpid());
+    if libc.to_string_lossy().contains("libc") {
+        let libc = ElfSymbols::load(&libc).unwrap();
+        let getpid = libc.resolve("getpid").unwrap();
+        assert_eq!(libc.check_probe_offset(getpid), Ok(()));
+        assert!(libc.check_probe_offset(0).is_err());
+        assert!(libc.check_probe_offset(libc.file_size()).is_err());
+    }
+}
+
+/// One file written under `dir`, from `bytes`.
+fn write_file(dir: &TempDir, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.0.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn probe_offsets_of_synthetic_binaries() {
+    let dir = TempDir::new("offsets");
+    for is64 in [false, true] {
+        let bytes = super::parse::tests::synthetic_elf(is64, false, object::elf::ET_EXEC);
+        let path = write_file(&dir, &format!("synthetic-{is64}"), &bytes);
+        let symbols = ElfSymbols::load(&path).unwrap();
+        let size = bytes.len() as u64;
+        assert_eq!(symbols.file_size(), size);
+        let header = if is64 { 64 } else { 52 };
+        // The one executable PT_LOAD is file 0x100..0x200.
+        for ok in [0x100, 0x110, 0x1ff] {
+            assert_eq!(symbols.check_probe_offset(ok), Ok(()), "{ok:#x}");
+        }
+        for outside in [header, 0xff, 0x200, 0x204, size - 1] {
+            let reason = symbols.check_probe_offset(outside).unwrap_err();
+            assert!(reason.contains("0x100..0x200"), "{outside:#x}: {reason}");
+        }
+        assert!(symbols
+            .check_probe_offset(header - 1)
+            .unwrap_err()
+            .contains(&format!("the first {header} bytes")));
+        assert!(symbols
+            .check_probe_offset(size)
+            .unwrap_err()
+            .contains("end of the file"));
+    }
+}
+
+#[test]
+fn load_from_parses_the_open_file_whatever_the_path_names() {
+    let dir = TempDir::new("load-from");
+    let synthetic = super::parse::tests::synthetic_elf(true, false, object::elf::ET_EXEC);
+    let path = write_file(&dir, "binary", &synthetic);
+    let held = File::open(&path).unwrap();
+    // The path now names another file.
+    let other = write_file(&dir, "other", &std::fs::read("/bin/true").unwrap());
+    std::fs::rename(&other, &path).unwrap();
+
+    let from_held = ElfSymbols::load_from(&path, &held).unwrap();
+    assert_eq!(from_held.path(), path);
+    assert_eq!(from_held.resolve("alpha").unwrap(), 0x110);
+    assert_eq!(from_held.file_size(), synthetic.len() as u64);
+    assert!(Arc::ptr_eq(
+        &from_held,
+        &ElfSymbols::load_from(&path, &held).unwrap()
+    ));
+    let from_path = ElfSymbols::load(&path).unwrap();
+    assert!(from_path.resolve("alpha").unwrap_err().is_not_found());
+    assert_ne!(from_path.file_size(), from_held.file_size());
+
+    // What is not a regular file is refused from a descriptor too.
+    let directory = File::open(&dir.0).unwrap();
+    let e = ElfSymbols::load_from(&dir.0, &directory).unwrap_err();
+    assert!(e.is_invalid_input(), "{e}");
+    assert!(e.to_string().contains("directory"), "{e}");
+}
+
+#[test]
+fn load_from_leaves_the_file_offset_alone() {
+    use std::io::{Seek, SeekFrom};
+    let mut file = File::open("/bin/true").unwrap();
+    file.seek(SeekFrom::Start(7)).unwrap();
+    ElfSymbols::load_from(Path::new("/bin/true"), &file).unwrap();
+    assert_eq!(file.stream_position().unwrap(), 7);
+}
+
+#[test]
+fn oversized_tables_are_refused_with_a_reason() {
+    let dir = TempDir::new("oversized");
+    let mut bytes = super::parse::tests::synthetic_elf(true, false, object::elf::ET_EXEC);
+    // Section 4 (.symtab) of the synthetic file: its size field, 32 bytes into its header
+    // at 0x400 + 4 * 64, says 2 GiB.
+    let size_field = 0x400 + 4 * 64 + 32;
+    bytes[size_field..size_field + 8].copy_from_slice(&(2u64 << 30).to_le_bytes());
+    let path = write_file(&dir, "huge-symtab", &bytes);
+    let e = ElfSymbols::load(&path).unwrap_err();
+    assert!(e.is_invalid_input(), "{e}");
+    assert!(e.to_string().contains("larger than the 1024 MiB"), "{e}");
+    // Within 1 GiB but past the end of the file.
+    bytes[size_field..size_field + 8].copy_from_slice(&(1u64 << 20).to_le_bytes());
+    let path = write_file(&dir, "long-symtab", &bytes);
+    let e = ElfSymbols::load(&path).unwrap_err();
+    assert!(e.is_invalid_input(), "{e}");
+    assert!(e.to_string().contains("past the end of the file"), "{e}");
 }
