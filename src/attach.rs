@@ -307,11 +307,20 @@ fn uprobe_perf(
 /// the offset), so that an operator reading `uprobe_events` can tell which binary an event
 /// is on (the line itself shows the `/proc/self/fd/N` path the kernel was given).
 fn event_hint(u: &Uprobe, target: &UprobeTarget) -> String {
-    let file = target
+    // The file name first, cut to 16 bytes, so that the symbol (cut with a hash by the
+    // kernel's 63-byte limit when long) keeps its telling part.
+    let mut file = target
         .binary
         .path()
         .file_name()
         .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+    if file.len() > 16 {
+        let mut cut = 16;
+        while !file.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        file.truncate(cut);
+    }
     match u.target() {
         Target::Symbol(s) if u.offset_value() == 0 => format!("{file}_{s}"),
         _ => format!("{file}_off_{:x}", target.offset),

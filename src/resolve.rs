@@ -266,18 +266,22 @@ fn offset_in(u: &Uprobe, symbols: &ElfSymbols) -> Result<u64, Error> {
         Target::Symbol(s) => symbols.resolve(s)?,
         Target::FileOffset(o) => *o,
     };
-    base.checked_add(u.offset_value()).ok_or_else(|| {
+    let offset = base.checked_add(u.offset_value()).ok_or_else(|| {
         Error::invalid(
             format!("offset of {u}"),
             "symbol offset plus offset overflows u64",
         )
-    })
+    })?;
+    symbols
+        .check_probe_offset(offset)
+        .map_err(|reason| Error::invalid(format!("file offset {offset:#x} of {u}"), reason))?;
+    Ok(offset)
 }
 
 /// The symbols of the file `binary` holds open (parsed through that descriptor, so they
 /// are the symbols of the inode the kernel will be given).
 fn load_symbols(binary: &Binary) -> Result<Arc<ElfSymbols>, Error> {
-    ElfSymbols::load(Path::new(binary.kernel_path()))
+    ElfSymbols::load_from(binary.path(), &binary.file)
 }
 
 /// The symbol with the architecture's syscall wrapper prefix (`sys_getpid` ->
@@ -342,13 +346,17 @@ mod tests {
     #[test]
     fn a_binary_is_loaded_once_per_resolver() {
         let exe = std::env::current_exe().unwrap();
+        let symbols = ElfSymbols::load(&exe).unwrap();
+        let f = symbols.functions().iter().find(|f| f.size > 4).unwrap();
         let mut r = Resolver::default();
-        let a = r.uprobe(&Uprobe::at_offset(&exe, 0x10)).unwrap();
-        let b = r.uprobe(&Uprobe::at_offset(&exe, 0x10).offset(2)).unwrap();
+        let a = r.uprobe(&Uprobe::at_offset(&exe, f.offset)).unwrap();
+        let b = r
+            .uprobe(&Uprobe::at_offset(&exe, f.offset).offset(2))
+            .unwrap();
         assert!(Arc::ptr_eq(&a.binary, &b.binary));
         assert!(a.binary.kernel_path().starts_with("/proc/self/fd/"));
         assert!(!a.binary.ident().is_replaced());
-        assert_eq!((a.offset, b.offset), (0x10, 0x12));
+        assert_eq!((a.offset, b.offset), (f.offset, f.offset + 2));
         assert_eq!(r.binaries.len(), 1);
     }
 }

@@ -150,7 +150,7 @@ impl ElfSymbols {
     }
 
     /// The file's size in bytes when it was parsed.
-    #[allow(dead_code, reason = "for the uprobe resolver's checks")]
+    #[cfg(test)]
     pub(crate) fn file_size(&self) -> u64 {
         self.code.file_size
     }
@@ -162,7 +162,6 @@ impl ElfSymbols {
     /// An offset inside the ELF header (offset 0 in particular), at or past the end of the
     /// file, or (when the file has `PT_LOAD` program headers) outside the file range of
     /// every executable `PT_LOAD` segment.
-    #[allow(dead_code, reason = "for the uprobe resolver's checks")]
     pub(crate) fn check_probe_offset(&self, file_offset: u64) -> Result<(), String> {
         self.code.check(file_offset)
     }

@@ -337,5 +337,8 @@ fn mutated_files_parse_or_fail_cleanly_in_bounded_time_and_memory() {
             " (peak not reset: a lower bound)"
         }
     );
-    assert!(growth < 64 << 10, "peak RSS grew by {growth} KiB");
+    // The peak is the whole test process's: tests running beside this one add their own
+    // (tens of MB). A loader that allocated what the mutated headers claim (up to 100 GiB)
+    // would abort or grow by gigabytes.
+    assert!(growth < 256 << 10, "peak RSS grew by {growth} KiB");
 }
