@@ -55,8 +55,17 @@ fn u64_at(data: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_ne_bytes(data.get(at..at + 8)?.try_into().ok()?))
 }
 
+/// The longest string an entry may name: a path (`PATH_MAX`, with its NUL). A crafted
+/// cache whose entries all point at one long string would otherwise cost entries x length.
+const MAX_STRING: usize = 4096;
+
+/// At most this many bytes of keys and paths a cache may hold in all (a real one has
+/// ~50 KB): the parse's memory stays bounded whatever the entries claim.
+const MAX_STRINGS_TOTAL: usize = 16 << 20;
+
 fn c_str_at(data: &[u8], at: usize) -> Option<&str> {
     let bytes = data.get(at..)?;
+    let bytes = &bytes[..bytes.len().min(MAX_STRING)];
     let end = bytes.iter().position(|&b| b == 0)?;
     std::str::from_utf8(&bytes[..end]).ok()
 }
@@ -101,6 +110,7 @@ pub(crate) fn parse_ld_so_cache(data: &[u8]) -> Result<Vec<CacheEntry>, String> 
         return Err(format!("{nlibs} entries do not fit in {} bytes", new.len()));
     }
     let mut entries = Vec::with_capacity(nlibs);
+    let mut copied = 0usize;
     for i in 0..nlibs {
         let at = CACHE_HEADER_NEW + i * CACHE_ENTRY_NEW;
         let field = |n: usize| u32_at(new, at + 4 * n).ok_or("truncated entry");
@@ -109,10 +119,21 @@ pub(crate) fn parse_ld_so_cache(data: &[u8]) -> Result<Vec<CacheEntry>, String> 
             usize::try_from(offset)
                 .ok()
                 .and_then(|offset| c_str_at(new, offset))
-                .ok_or_else(|| format!("entry {i}: bad string offset {offset:#x}"))
+                .ok_or_else(|| {
+                    format!(
+                        "entry {i}: bad string at {offset:#x} (outside the file, not UTF-8, \
+                         or over {MAX_STRING} bytes)"
+                    )
+                })
         };
         let key = string(field(1)?)?;
         let path = string(field(2)?)?;
+        copied += key.len() + path.len();
+        if copied > MAX_STRINGS_TOTAL {
+            return Err(format!(
+                "the entries name more than {MAX_STRINGS_TOTAL} bytes of strings"
+            ));
+        }
         let hwcap = u64_at(new, at + 16).ok_or("truncated entry")?;
         entries.push(CacheEntry {
             key: key.to_owned(),
@@ -248,9 +269,44 @@ mod tests {
             .copy_from_slice(&0xffff_ffffu32.to_ne_bytes());
         assert!(parse_ld_so_cache(&bad_offset)
             .unwrap_err()
-            .contains("bad string offset"));
+            .contains("bad string at"));
         assert!(parse_ld_so_cache(b"ld.so-1.7.0\0\0\0\0\0").is_err());
         assert!(parse_ld_so_cache(b"garbage").is_err());
+    }
+
+    /// Entries that all point at one long string cost at most `MAX_STRING` each, and a cache
+    /// that names too many bytes in all is refused: linear, bounded work.
+    #[test]
+    fn entries_pointing_at_one_long_string_stay_cheap() {
+        let n = 40_000;
+        let strings_at = CACHE_HEADER_NEW + n * CACHE_ENTRY_NEW;
+        let mut new = Vec::new();
+        new.extend_from_slice(CACHE_MAGIC_NEW);
+        new.extend_from_slice(&u32::try_from(n).unwrap().to_ne_bytes());
+        new.extend_from_slice(&0u32.to_ne_bytes());
+        new.resize(CACHE_HEADER_NEW, 0);
+        for _ in 0..n {
+            for v in [0x0303, strings_at, strings_at, 0] {
+                new.extend_from_slice(&u32::try_from(v).unwrap().to_ne_bytes());
+            }
+            new.extend_from_slice(&0u64.to_ne_bytes());
+        }
+        let long = |len: usize| {
+            let mut data = new.clone();
+            data.extend(std::iter::repeat_n(b'a', len));
+            data.push(0);
+            data
+        };
+        let started = std::time::Instant::now();
+        let err = parse_ld_so_cache(&long(1 << 20)).unwrap_err();
+        assert!(err.contains("over 4096 bytes"), "{err}");
+        let err = parse_ld_so_cache(&long(4000)).unwrap_err();
+        assert!(err.contains("bytes of strings"), "{err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     /// The real `/etc/ld.so.cache` parses, and agrees with `ldconfig -p`.
