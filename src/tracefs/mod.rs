@@ -22,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+pub(crate) mod access;
 mod events;
 pub(crate) mod mount;
 pub(crate) mod probe_event;
