@@ -103,8 +103,16 @@ fn probe_all() -> Features {
         perf_link: plain
             .as_ref()
             .is_some_and(|p| perf_link::link_to_nothing(p.as_fd()) == Some(libc::EBADF)),
-        kprobe_multi: link_to(bpf::BPF_TRACE_KPROBE_MULTI, multi_link::probe_kprobe_multi, false),
-        uprobe_multi: link_to(bpf::BPF_TRACE_UPROBE_MULTI, multi_link::probe_uprobe_multi, false),
+        kprobe_multi: link_to(
+            bpf::BPF_TRACE_KPROBE_MULTI,
+            multi_link::probe_kprobe_multi,
+            false,
+        ),
+        uprobe_multi: link_to(
+            bpf::BPF_TRACE_UPROBE_MULTI,
+            multi_link::probe_uprobe_multi,
+            false,
+        ),
         kprobe_session: link_to(
             bpf::BPF_TRACE_KPROBE_SESSION,
             multi_link::probe_kprobe_multi,
@@ -180,7 +188,14 @@ fn cookie_helper() -> bool {
             imm: 0,
         },
     ];
-    bpf::prog_load(bpf::BPF_PROG_TYPE_KPROBE, 0, &insns, c"GPL", "probeset_feat").is_ok()
+    bpf::prog_load(
+        bpf::BPF_PROG_TYPE_KPROBE,
+        0,
+        &insns,
+        c"GPL",
+        "probeset_feat",
+    )
+    .is_ok()
 }
 
 /// Whether the kprobe PMU opens a probe on a function every kernel has.

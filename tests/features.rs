@@ -53,9 +53,17 @@ fn detect_agrees_with_real_attaches() {
         let pmu = attach(Backend::Pmu).await;
         assert_eq!(pmu.is_ok(), f.uprobe_pmu, "uprobe_pmu: {pmu:?}");
         let tracefs = attach(Backend::Tracefs).await;
-        assert_eq!(tracefs.is_ok(), f.uprobe_events, "uprobe_events: {tracefs:?}");
+        assert_eq!(
+            tracefs.is_ok(),
+            f.uprobe_events,
+            "uprobe_events: {tracefs:?}"
+        );
         if let Ok((kind, _)) = pmu.as_ref().or(tracefs.as_ref()) {
-            assert_eq!(*kind == LinkKind::PerfLink, f.perf_link, "perf_link: {kind:?}");
+            assert_eq!(
+                *kind == LinkKind::PerfLink,
+                f.perf_link,
+                "perf_link: {kind:?}"
+            );
         }
         drop((pmu, tracefs));
 
@@ -63,7 +71,11 @@ fn detect_agrees_with_real_attaches() {
         let kpmu = k(Backend::Pmu).attach(&plain).await;
         assert_eq!(kpmu.is_ok(), f.kprobe_pmu, "kprobe_pmu: {kpmu:?}");
         let ktracefs = k(Backend::Tracefs).attach(&plain).await;
-        assert_eq!(ktracefs.is_ok(), f.kprobe_events, "kprobe_events: {ktracefs:?}");
+        assert_eq!(
+            ktracefs.is_ok(),
+            f.kprobe_events,
+            "kprobe_events: {ktracefs:?}"
+        );
         drop((kpmu, ktracefs));
 
         let cookie = target().cookie(3).attach(&plain).await;
@@ -78,10 +90,30 @@ fn detect_agrees_with_real_attaches() {
         let u = || target().into();
         let kp = || Kprobe::new("vfs_read").into();
         let cases = [
-            (f.uprobe_multi, Flavour::UprobeMulti, u(), LinkKind::UprobeMulti),
-            (f.uprobe_session, Flavour::UprobeSession, u(), LinkKind::UprobeSession),
-            (f.kprobe_multi, Flavour::KprobeMulti, kp(), LinkKind::KprobeMulti),
-            (f.kprobe_session, Flavour::KprobeSession, kp(), LinkKind::KprobeSession),
+            (
+                f.uprobe_multi,
+                Flavour::UprobeMulti,
+                u(),
+                LinkKind::UprobeMulti,
+            ),
+            (
+                f.uprobe_session,
+                Flavour::UprobeSession,
+                u(),
+                LinkKind::UprobeSession,
+            ),
+            (
+                f.kprobe_multi,
+                Flavour::KprobeMulti,
+                kp(),
+                LinkKind::KprobeMulti,
+            ),
+            (
+                f.kprobe_session,
+                Flavour::KprobeSession,
+                kp(),
+                LinkKind::KprobeSession,
+            ),
         ];
         for (said, flavour, probe, kind) in cases {
             assert_eq!(links_as(flavour, probe, kind).await, said, "{kind:?}");

@@ -93,6 +93,30 @@ pub fn build(dir: &Path, guest: &Guest) -> Result<PathBuf> {
     Ok(archive)
 }
 
+/// `base` with one kernel's modules appended at `/modules/` (a second archive: the kernel
+/// unpacks concatenated archives one after the other), as `<dir>/initrd.gz`.
+pub fn with_modules(base: &Path, modules: &[PathBuf], dir: &Path) -> Result<PathBuf> {
+    fs::create_dir_all(dir).context(|| format!("cannot create {}", dir.display()))?;
+    let root = dir.join("modules-root");
+    if root.exists() {
+        fs::remove_dir_all(&root).context(|| format!("cannot remove {}", root.display()))?;
+    }
+    mkdir(&root.join("modules"))?;
+    for m in modules {
+        let name = m
+            .file_name()
+            .ok_or_else(|| err(format!("{} has no name", m.display())))?;
+        copy_file(m, &root.join("modules").join(name))?;
+    }
+    let extra = dir.join("modules.gz");
+    pack(&root, &extra)?;
+    let mut bytes = fs::read(base).context(|| format!("cannot read {}", base.display()))?;
+    bytes.extend(fs::read(&extra).context(|| format!("cannot read {}", extra.display()))?);
+    let archive = dir.join("initrd.gz");
+    fs::write(&archive, bytes).context(|| format!("cannot write {}", archive.display()))?;
+    Ok(archive)
+}
+
 /// The guest's `/init` (busybox sh): mount what the tests need, run each payload, report the
 /// overall status on `/dev/ttyS1` as `PROBESET_RC=<n>`, power off.
 pub fn init_script(guest: &Guest) -> String {
@@ -112,6 +136,10 @@ mkdir -p /tmp
 mnt tracefs /sys/kernel/tracing
 mnt debugfs /sys/kernel/debug
 mnt bpf /sys/fs/bpf
+# This kernel's modules that the tests probe (MOD:SYM), appended to the initramfs.
+for m in /modules/*.ko; do
+    [ -e "$m" ] && { insmod "$m" || echo "probeset-vm: warning: cannot load $m"; }
+done
 ulimit -l unlimited
 PROBESET_KERNEL=unknown
 for word in $(cat /proc/cmdline); do

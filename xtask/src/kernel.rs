@@ -83,6 +83,57 @@ pub struct Kernel {
     pub version: String,
     /// The bzImage to pass to qemu's `-kernel`.
     pub vmlinuz: PathBuf,
+    /// Modules of this kernel the guest loads before the tests (`MODULES`, uncompressed).
+    pub modules: Vec<PathBuf>,
+}
+
+/// The modules the guest loads (from the image's own `lib/modules/`): small, with no
+/// dependencies, so the tests have a module's functions to probe as `MOD:SYM`.
+const MODULES: [&str; 1] = ["kernel/drivers/net/dummy.ko"];
+
+/// Copies `MODULES` out of an unpacked image (`root`) into `out/modules/`, uncompressing
+/// `.ko.xz`/`.ko.zst`.
+fn keep_modules(root: &Path, out: &Path) -> Result<()> {
+    let modules = out.join("modules");
+    fs::create_dir_all(&modules).context(|| format!("cannot create {}", modules.display()))?;
+    let lib = root.join("lib/modules");
+    let release_dir = fs::read_dir(&lib)
+        .context(|| format!("cannot read {}", lib.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.is_dir())
+        .ok_or_else(|| err(format!("{} holds no kernel release", lib.display())))?;
+    for module in MODULES {
+        let base = release_dir.join(module);
+        let name = base.file_name().expect("a module has a file name");
+        let target = modules.join(name);
+        if base.is_file() {
+            fs::copy(&base, &target).context(|| format!("cannot copy {}", base.display()))?;
+            continue;
+        }
+        let (packed, tool) = [("xz", "xz"), ("zst", "zstd")]
+            .into_iter()
+            .map(|(ext, tool)| (base.with_extension(format!("ko.{ext}")), tool))
+            .find(|(p, _)| p.is_file())
+            .ok_or_else(|| err(format!("the image has no {module}")))?;
+        let bytes = output_bytes(Command::new(tool).arg("-dc").arg(&packed))?;
+        fs::write(&target, bytes).context(|| format!("cannot write {}", target.display()))?;
+    }
+    Ok(())
+}
+
+/// The standard output of `cmd`, which must succeed.
+fn output_bytes(cmd: &mut Command) -> Result<Vec<u8>> {
+    let out = cmd
+        .output()
+        .context(|| format!("cannot run {}", crate::util::display_command(cmd)))?;
+    if !out.status.success() {
+        return Err(err(format!(
+            "{} failed: {}",
+            crate::util::display_command(cmd),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(out.stdout)
 }
 
 /// Resolves, downloads (unless cached) and unpacks the kernel for `spec` under `cache`.
@@ -185,6 +236,7 @@ fn fetch(package: &str, version: &str, spec: &Spec, cache: &Path, dir: &Path) ->
         fs::create_dir_all(&out).context(|| format!("cannot create {}", out.display()))?;
         fs::rename(root.join("boot"), out.join("boot"))
             .context(|| format!("{} has no boot/ directory", deb.display()))?;
+        keep_modules(&root, &out)?;
         fs::write(
             out.join(MARKER),
             format!(
@@ -223,11 +275,23 @@ fn load(spec: &Spec, dir: &Path) -> Option<Kernel> {
         .to_str()?
         .strip_prefix("vmlinuz-")?
         .to_owned();
+    // An entry unpacked before modules were kept is incomplete: fetched again.
+    let modules: Vec<PathBuf> = MODULES
+        .iter()
+        .map(|m| {
+            dir.join("modules")
+                .join(Path::new(m).file_name().expect("a file name"))
+        })
+        .collect();
+    if !modules.iter().all(|m| m.is_file()) {
+        return None;
+    }
     Some(Kernel {
         spec: spec.clone(),
         release,
         version,
         vmlinuz,
+        modules,
     })
 }
 

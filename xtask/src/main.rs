@@ -320,7 +320,9 @@ mod tests {
             panic!("not vm")
         };
         assert_eq!(opts.kernels, Spec::matrix());
-        assert!(matches!(opts.target, vm::Target::Tests(ref t) if t == &["kprobe", "funccount"]));
+        assert!(
+            matches!(opts.target, vm::Target::Tests(ref t) if t == &["kprobe", "kprobe_targets", "funccount", "features"])
+        );
         assert_eq!(opts.timeout, Duration::from_mins(15));
     }
 

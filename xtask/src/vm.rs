@@ -23,7 +23,7 @@ pub const DEFAULT_TIMEOUT: u64 = 900;
 
 /// The integration-test targets run by default: `tests/kprobe.rs` and `tests/funccount.rs`
 /// (whose kprobe pattern test runs the `funccount` example, packed as an extra).
-pub const DEFAULT_TESTS: [&str; 2] = ["kprobe", "funccount"];
+pub const DEFAULT_TESTS: [&str; 4] = ["kprobe", "kprobe_targets", "funccount", "features"];
 
 /// The default test targets, owned.
 pub fn default_tests() -> Vec<String> {
@@ -152,11 +152,13 @@ pub fn run(opts: &Options, apt: &mut Apt) -> Result<Vec<KernelResult>> {
                     "xtask: booting {} ({}, {} {})",
                     spec.name, kernel.release, kernel.spec.package, kernel.version
                 );
+                let dir = run_dir.join(&spec.name);
+                let initrd = initramfs::with_modules(&initrd, &kernel.modules, &dir)?;
                 let mut result = boot(
                     &spec.name,
                     &kernel.vmlinuz,
                     &initrd,
-                    &run_dir.join(&spec.name),
+                    &dir,
                     opts.timeout,
                     need_tests.then_some(guest.payloads.len()),
                 );
