@@ -78,6 +78,9 @@ pub(crate) fn uprobe_member(
     session: bool,
     resolver: &mut Resolver,
 ) -> Result<(MultiKey, Member), Error> {
+    if let Some(pid) = u.pid_value() {
+        refuse_thread_id(pid, probe)?;
+    }
     let target = resolver.uprobe(u)?;
     let key = MultiKey::Uprobe {
         binary: target.binary,
@@ -93,6 +96,30 @@ pub(crate) fn uprobe_member(
         cookie: u.cookie_value(),
     };
     Ok((key, member))
+}
+
+/// A uprobe multi link filters by process (`pid` is a thread group): the id of a thread that
+/// is not its process's leader is refused, naming the process to give instead. (A perf
+/// event takes a thread id and counts that thread only.) An id `/proc` does not know is left
+/// to the kernel, which says whether it exists.
+fn refuse_thread_id(pid: i32, probe: &Probe) -> Result<(), Error> {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return Ok(());
+    };
+    let tgid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse::<i32>().ok());
+    match tgid {
+        Some(tgid) if tgid != pid => Err(Error::invalid(
+            format!("pid {pid} for {probe}"),
+            format!(
+                "{pid} is a thread of process {tgid}, and a uprobe multi link filters by \
+                 process: give pid {tgid} (a plain program's perf event can filter one thread)"
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// `k` (which is `probe`) as a member of a kprobe multi link. A plain symbol goes as
@@ -441,6 +468,7 @@ pub(crate) fn create_kprobe_multi_raw(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::uprobe::Uprobe;
 
     #[test]
     fn uprobe_multi_errnos() {
@@ -456,6 +484,33 @@ mod tests {
             e(libc::EMFILE),
             Error::OutOfFileDescriptors { .. }
         ));
+    }
+
+    #[test]
+    fn a_thread_id_is_refused_for_a_multi_link() {
+        let probe: Probe = Uprobe::new("/bin/x", "f").into();
+        let me = i32::try_from(std::process::id()).unwrap();
+        refuse_thread_id(me, &probe).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+            let tid: i32 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Pid:"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            tx.send(tid).unwrap();
+            let _ = stop_rx.recv();
+        });
+        let tid = rx.recv().unwrap();
+        let e = refuse_thread_id(tid, &probe).unwrap_err();
+        assert!(e.is_invalid_input(), "{e}");
+        assert!(e.to_string().contains(&format!("give pid {me}")), "{e}");
+        stop_tx.send(()).unwrap();
+        t.join().unwrap();
     }
 
     #[test]

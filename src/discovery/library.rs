@@ -139,6 +139,15 @@ fn from_maps(name: &str, pid: i32) -> Result<Option<PathBuf>, Error> {
         io::ErrorKind::NotFound => {
             Error::not_found(format!("process {pid}"), "the pid does not exist", Some(e))
         }
+        io::ErrorKind::PermissionDenied => Error::permission(
+            "read",
+            maps_file.clone(),
+            format!(
+                "ptrace access to process {pid} (the same user and ptrace allowed by \
+                 kernel.yama.ptrace_scope, or CAP_SYS_PTRACE)"
+            ),
+            e,
+        ),
         _ => Error::syscall("read", maps_file.clone(), e),
     })?;
     let mut seen = HashSet::new();
