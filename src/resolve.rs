@@ -170,11 +170,11 @@ impl Resolver {
         if self.kallsyms_text.is_none() {
             let text = kallsyms::read()
                 .map_err(|e| Error::syscall("read", kallsyms::PATH.to_string(), e))?;
-            let hidden = text.lines().next().is_some_and(|l| {
-                l.bytes()
-                    .take_while(u8::is_ascii_hexdigit)
-                    .all(|b| b == b'0')
-            });
+            // Hidden addresses read as zeros everywhere (absolute symbols are 0 anyway).
+            let hidden = !text
+                .lines()
+                .filter_map(kallsyms::parse_kallsyms_line)
+                .any(|l| l.is_function() && l.address.bytes().any(|b| b != b'0'));
             if hidden {
                 return Err(Error::permission(
                     "read",
