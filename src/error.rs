@@ -495,8 +495,8 @@ impl Error {
     /// error, or the whole message.
     pub(crate) fn needs_or_hint(&self) -> String {
         match self {
-            Error::PermissionDenied { needs, .. } => format!("permission denied: it needs {needs}"),
-            other => other.hint(),
+            Error::PermissionDenied { needs, .. } => needs.clone(),
+            other => format!("(missing: {})", other.hint()),
         }
     }
 

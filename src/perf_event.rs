@@ -284,7 +284,7 @@ fn open_auto(spec: &ProbeSpec<'_>) -> Result<PerfEvent, Error> {
             "perf_event_open",
             spec.display,
             format!(
-                "on the perf PMU, {}; through tracefs, {}",
+                "one of: on the perf PMU, {}; or, through tracefs, {}",
                 pmu_err.needs_or_hint(),
                 tracefs_err.needs_or_hint()
             ),
