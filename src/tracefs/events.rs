@@ -13,6 +13,10 @@ pub const GROUP_PREFIX: &str = "probeset_";
 /// The kernel's limit on group and event names (`MAX_EVENT_NAME_LEN` 64, with the NUL).
 pub(crate) const MAX_NAME_LEN: usize = 63;
 
+/// The longest line the kernel parses in one write of a `*_events` file: it copies at most
+/// `WRITE_BUFSIZE - 1` (4095) bytes per line and refuses a longer one with `EINVAL`.
+pub(crate) const MAX_LINE_LEN: usize = 4095;
+
 /// How long a removal that the kernel answers with `EBUSY` is retried. Right after the last
 /// perf fd of an event is closed (or its owner was killed) removal fails with `EBUSY` for a
 /// while (~250 ms measured here).

@@ -1,5 +1,7 @@
 //! tracefs: where it is mounted, and the `kprobe_events`/`uprobe_events` probe events this
-//! crate creates there. Every byte the crate writes to tracefs is written here.
+//! crate creates there. Every byte the crate writes to tracefs is written here, and only
+//! what was named: a path tracefs would misread (white space, `#`, control characters, the
+//! byte 0xa0) is refused as invalid input, never written.
 //!
 //! `mount` finds the mount; `events` is the leaf that reads and appends the `*_events`
 //! files (with the one `EBUSY` retry loop); `probe_event` creates one event and removes it
