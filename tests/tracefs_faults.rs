@@ -1,14 +1,29 @@
 //! tracefs under faults, checked against the kernel's own lists (host tier; root): a path
-//! tracefs would misread is refused before anything is written.
+//! tracefs would misread is refused before anything is written; a removal after tracefs was
+//! unmounted is reported and done once it is mounted again.
+//!
+//! Unmounting happens only in a child process in a private mount namespace (`unshare
+//! --mount --propagation private`), never on the host.
 
 mod common;
 
 use std::hint::black_box;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use common::{can_run, exe, offset_of, our_events, runtime, symbol_of, tracefs};
+use common::{
+    can_run, child_mode, exe, hear, listed_events, offset_of, our_events, runtime, symbol_of, tell,
+    tracefs, ChildTest,
+};
 use probeset::counter::{Counter, Flavour};
 use probeset::{Backend, Uprobe};
+
+/// The mode of the child that `an_unmount_is_reported_and_a_remount_lets_the_event_go` runs.
+const UNMOUNT_CHILD: &str = "PROBESET_FAULTS_UNMOUNT_CHILD";
+/// The parent's mount namespace, so that the unmount child can check it is not in it.
+const HOST_MNT_ENV: &str = "PROBESET_FAULTS_HOST_MNT";
+
+const PATIENCE: Duration = Duration::from_secs(180);
 
 // Distinct bodies keep the linker from merging them; no name is part of another.
 #[inline(never)]
@@ -18,6 +33,14 @@ fn faults_victim(x: u64) -> u64 {
 #[inline(never)]
 fn faults_decoy(x: u64) -> u64 {
     black_box(x).wrapping_mul(97) ^ 0x42
+}
+#[inline(never)]
+fn faults_unmounted(x: u64) -> u64 {
+    black_box(x).wrapping_mul(101) ^ 0x43
+}
+#[inline(never)]
+fn faults_remounted(x: u64) -> u64 {
+    black_box(x).wrapping_mul(103) ^ 0x44
 }
 
 fn call(f: fn(u64) -> u64, n: u64) {
@@ -131,4 +154,144 @@ fn paths_tracefs_would_misread_are_refused_and_nothing_is_written() {
     });
     probeset::cleanup::wait_idle_blocking();
     assert!(our_events("uprobe_events", me).is_empty());
+}
+
+/// Not a test of its own: the child of `an_unmount_is_reported_and_a_remount_lets_the_event_go`,
+/// in a private mount namespace.
+#[test]
+fn unmount_child() {
+    if !child_mode(UNMOUNT_CHILD) {
+        return;
+    }
+    let root = tracefs();
+    assert_eq!(root, Path::new("/sys/kernel/tracing"));
+    assert_private_mount_namespace();
+    let me = std::process::id();
+    runtime().block_on(async {
+        let counter = Counter::load(Flavour::Plain, 4).unwrap();
+        let kept = Uprobe::new(exe(), symbol_of("faults_unmounted"))
+            .cookie(1)
+            .backend(Backend::Tracefs)
+            .attach(&counter)
+            .await
+            .unwrap();
+        let kept_name = kept.tracefs_event().unwrap().to_string();
+        call(faults_unmounted, 2);
+        assert_eq!(counter.get(1).unwrap(), 2);
+
+        run(&["umount", "/sys/kernel/tracing"]);
+        assert_eq!(
+            probeset::tracefs::mount_point(),
+            None,
+            "tracefs is gone here"
+        );
+        let err = kept.detach().await.expect_err("tracefs is not mounted");
+        let msg = err.to_string();
+        for needle in [
+            kept_name.as_str(),
+            "tracefs is not mounted at /sys/kernel/tracing any more",
+        ] {
+            assert!(msg.contains(needle), "{msg} does not say {needle:?}");
+        }
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err:?}");
+        tell("KEPT", &kept_name);
+        assert_eq!(hear().as_deref(), Some("CHECKED"));
+
+        // Not a kernel without uprobe_events: tracefs is not mounted.
+        let probe = Uprobe::new(exe(), symbol_of("faults_remounted"))
+            .cookie(2)
+            .backend(Backend::Tracefs);
+        let err = probe.clone().attach(&counter).await.unwrap_err();
+        assert!(err.is_not_supported(), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("tracefs is not mounted"), "{msg}");
+        assert!(!msg.contains("CONFIG_UPROBE_EVENTS"), "{msg}");
+
+        run(&["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"]);
+        let link = probe.attach(&counter).await.unwrap();
+        let name = link.tracefs_event().unwrap().to_string();
+        let listed = listed_events("uprobe_events");
+        assert!(listed.contains(&name), "{listed:?}");
+        assert!(
+            !listed.contains(&kept_name),
+            "the kept event went with the next tracefs operation: {listed:?}"
+        );
+        call(faults_remounted, 3);
+        assert_eq!(counter.get(2).unwrap(), 3);
+        link.detach().await.unwrap();
+        assert!(our_events("uprobe_events", me).is_empty());
+        tell("REMOUNTED", &name);
+    });
+}
+
+/// Runs a command (in this process's mount namespace), which must succeed.
+fn run(argv: &[&str]) {
+    let status = std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .status()
+        .unwrap();
+    assert!(status.success(), "{argv:?}: {status}");
+}
+
+/// Panics unless this process is in a mount namespace of its own whose tracefs mount does
+/// not propagate: unmounting here must never reach the host.
+fn assert_private_mount_namespace() {
+    let host = std::env::var(HOST_MNT_ENV).expect("the parent's mount namespace");
+    let mine = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    assert_ne!(
+        mine.to_str(),
+        Some(host.as_str()),
+        "not in a mount namespace of its own"
+    );
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = mountinfo
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some("/sys/kernel/tracing"))
+        .expect("tracefs in mountinfo");
+    let (fields, _) = line.split_once(" - ").unwrap();
+    assert!(
+        !fields
+            .split_whitespace()
+            .skip(6)
+            .any(|f| f.starts_with("shared:")),
+        "the tracefs mount propagates: {line}"
+    );
+}
+
+#[test]
+fn an_unmount_is_reported_and_a_remount_lets_the_event_go() {
+    if !can_run("an_unmount_is_reported_and_a_remount_lets_the_event_go") {
+        return;
+    }
+    tracefs();
+    let host_mnt = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    let mut child = ChildTest::spawn(
+        &["unshare", "--mount", "--propagation", "private"],
+        "unmount_child",
+        &[
+            (UNMOUNT_CHILD, "1".to_string()),
+            (HOST_MNT_ENV, host_mnt.to_str().unwrap().to_string()),
+        ],
+    );
+    let kept = child.expect("KEPT", PATIENCE);
+    // Seen from the host: the detach that failed left the event in the kernel.
+    assert!(
+        listed_events("uprobe_events").contains(&kept),
+        "{kept} is still in the kernel"
+    );
+    assert!(
+        probeset::tracefs::mount_point().is_some(),
+        "the host's tracefs stays"
+    );
+    child.say("CHECKED");
+    let remounted = child.expect("REMOUNTED", PATIENCE);
+    child.wait_success();
+    let listed = listed_events("uprobe_events");
+    assert!(!listed.contains(&kept), "{listed:?}");
+    assert!(!listed.contains(&remounted), "{listed:?}");
+    assert!(our_events("uprobe_events", child.pid()).is_empty());
+    assert!(
+        tracefs().join("events").is_dir(),
+        "the host's tracefs is mounted"
+    );
 }

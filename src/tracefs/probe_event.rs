@@ -5,7 +5,8 @@ use std::fmt::Write as _;
 use std::io;
 use std::path::PathBuf;
 
-use super::events::{self, BUSY_RETRY, MAX_LINE_LEN, MAX_NAME_LEN};
+use super::events::{self, Failure, BUSY_RETRY, MAX_LINE_LEN, MAX_NAME_LEN};
+use super::{mount, pending};
 use crate::error::Error;
 use crate::probe::ProbeKind;
 
@@ -168,10 +169,14 @@ fn write_error(spec: &EventSpec<'_>, e: io::Error) -> Error {
 }
 
 /// A probe event this crate created, removed again when dropped (or by
-/// [`ProbeEvent::remove`]).
+/// [`ProbeEvent::remove`]). A removal that fails leaves the event's name with the pending
+/// removals (`pending`), which this process retries; the reaper removes it once the process
+/// is gone.
 #[derive(Debug)]
 pub(crate) struct ProbeEvent {
-    events_file: PathBuf,
+    /// `uprobe_events` or `kprobe_events`.
+    file: &'static str,
+    /// The tracefs mount the event was created in.
     root: PathBuf,
     group: String,
     event: String,
@@ -179,17 +184,19 @@ pub(crate) struct ProbeEvent {
 }
 
 impl ProbeEvent {
-    /// Creates the probe event in a new group of this process. Runs the stale-event reaper
-    /// first if this process has not yet.
+    /// Creates the probe event in a new group of this process. Retries this process's failed
+    /// removals, and runs the stale-event reaper first if this process has not yet.
     ///
     /// # Errors
     /// Not supported when tracefs or the events file is missing; invalid input for a line
     /// tracefs would misread; the write's errno, normalised (see `write_error`).
     pub(crate) fn create(spec: &EventSpec<'_>) -> Result<ProbeEvent, Error> {
         let kind = spec.kind;
-        let root = super::mount::require_mount()?;
+        let root = mount::require_mount()?;
         let events_file = root.join(kind.events_file());
         if !events_file.exists() {
+            // Unmounted since it was found: say so, not that the kernel lacks the file.
+            mount::require_mount()?;
             return Err(Error::not_supported(
                 format!("{} through tracefs", kind.noun_plural()),
                 format!(
@@ -202,15 +209,24 @@ impl ProbeEvent {
             ));
         }
         let target = target(spec)?;
+        pending::retry();
         super::reaper::ensure_ran();
         let group = events::new_group();
         let event = event_name(spec.event_hint);
         let line = create_line(spec.ret, spec.maxactive, &group, &event, &target);
         check_line(spec, &line)?;
         tracing::debug!(line, "creating tracefs probe event");
-        events::append(&events_file, &line).map_err(|e| write_error(spec, e))?;
+        events::append(&events_file, &line).map_err(|f| match f {
+            Failure::Open(e) if e.raw_os_error() == Some(libc::ENOENT) => Error::not_supported(
+                format!("{} through tracefs", kind.noun_plural()),
+                mount::MOUNT_HINT,
+                Some(e),
+            ),
+            Failure::Open(e) => Error::syscall("open", events_file.display().to_string(), e),
+            Failure::Write(e) => write_error(spec, e),
+        })?;
         Ok(ProbeEvent {
-            events_file,
+            file: kind.events_file(),
             root,
             group,
             event,
@@ -245,40 +261,72 @@ impl ProbeEvent {
         })
     }
 
-    /// Writes `-:GROUP/EVENT` (retrying `EBUSY` for a while).
-    fn remove_now(&self) -> io::Result<()> {
-        let events = [(self.group.as_str(), self.event.as_str())];
-        events::remove(&self.events_file, &events, BUSY_RETRY)
-            .pop()
-            .expect("one result per event")
+    /// Writes `-:GROUP/EVENT` to the events file of wherever tracefs is mounted now
+    /// (retrying `EBUSY` for a while), then retries this process's earlier failed removals.
+    /// A failure keeps the event's name with them.
+    fn remove_now(&self) -> Result<(), Failure> {
+        let result = match mount::mount_point() {
+            Some(root) => {
+                let events = [(self.group.as_str(), self.event.as_str())];
+                events::remove(&root.join(self.file), &events, BUSY_RETRY)
+                    .pop()
+                    .expect("one result per event")
+            }
+            None => Err(Failure::Open(io::Error::from_raw_os_error(libc::ENOENT))),
+        };
+        pending::retry();
+        if let Err(f) = &result {
+            pending::keep(self.file, &self.group, &self.event, f);
+        }
+        result
+    }
+
+    /// The error of a failed removal: what was written where, why it failed, and what
+    /// becomes of the event.
+    fn removal_error(&self, failure: Failure) -> Error {
+        let line = format!(
+            "-:{}/{} to {}",
+            self.group,
+            self.event,
+            self.root.join(self.file).display()
+        );
+        let (call, why) = match &failure {
+            Failure::Open(e) if e.raw_os_error() == Some(libc::ENOENT) => (
+                "open",
+                format!(
+                    ": tracefs is not mounted at {} any more",
+                    self.root.display()
+                ),
+            ),
+            Failure::Open(_) => ("open", String::new()),
+            Failure::Write(_) => ("write", String::new()),
+        };
+        Error::syscall(
+            call,
+            format!(
+                "{line}{why}; the event stays in the kernel: this process retries its removal \
+                 at its next tracefs operation, and the stale-event reaper of another process \
+                 removes it once this one has exited"
+            ),
+            failure.into_io(),
+        )
     }
 
     /// Removes the event, reporting failure.
     pub(crate) fn remove(mut self) -> Result<(), Error> {
         self.armed = false;
-        self.remove_now().map_err(|e| {
-            Error::syscall(
-                "write",
-                format!(
-                    "-:{}/{} to {}",
-                    self.group,
-                    self.event,
-                    self.events_file.display()
-                ),
-                e,
-            )
-        })
+        self.remove_now().map_err(|f| self.removal_error(f))
     }
 }
 
 impl Drop for ProbeEvent {
     fn drop(&mut self) {
         if self.armed {
-            if let Err(e) = self.remove_now() {
+            if let Err(f) = self.remove_now() {
                 tracing::warn!(
                     event = %self.qualified_name(),
-                    error = %e,
-                    "could not remove tracefs probe event; the stale-event reaper of a later process removes it"
+                    error = %f.io(),
+                    "could not remove tracefs probe event; it is retried at this process's next tracefs operation, and the stale-event reaper of another process removes it once this one has exited"
                 );
             }
         }

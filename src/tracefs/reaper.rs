@@ -22,13 +22,14 @@ pub struct Reaped {
 /// events, nor those of a live process.
 ///
 /// Removal right after the owner died can fail with `EBUSY` for a short while; each event is
-/// retried for a few seconds.
+/// retried for a few seconds. Retries this process's own failed removals first.
 ///
 /// # Errors
 /// Not-supported when tracefs is not mounted. Events that could not be removed are listed
 /// in [`Reaped::failed`], not returned as an error.
 pub fn reap_stale_blocking() -> Result<Reaped, Error> {
     let root = super::mount::require_mount()?;
+    super::pending::retry();
     let mut reaped = Reaped::default();
     for file in ["kprobe_events", "uprobe_events"] {
         reap_file(&root.join(file), &mut reaped);
@@ -50,7 +51,7 @@ fn reap_file(path: &Path, reaped: &mut Reaped) {
                 tracing::info!(event = %name, "removed stale tracefs probe event of a dead process");
                 reaped.removed.push(name);
             }
-            Err(e) => reaped.failed.push((name, e.to_string())),
+            Err(f) => reaped.failed.push((name, f.io().to_string())),
         }
     }
 }
