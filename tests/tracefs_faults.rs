@@ -1,9 +1,11 @@
 //! tracefs under faults, checked against the kernel's own lists (host tier; root): a path
 //! tracefs would misread is refused before anything is written; a removal after tracefs was
-//! unmounted is reported and done once it is mounted again.
+//! unmounted is reported and done once it is mounted again; a batch that runs out of file
+//! descriptors leaves no event and no descriptor behind.
 //!
 //! Unmounting happens only in a child process in a private mount namespace (`unshare
-//! --mount --propagation private`), never on the host.
+//! --mount --propagation private`), never on the host. Descriptor limits are lowered only
+//! in a child process, so no other test of this binary feels them.
 
 mod common;
 
@@ -12,14 +14,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{
-    can_run, child_mode, exe, hear, listed_events, offset_of, our_events, runtime, symbol_of, tell,
-    tracefs, ChildTest,
+    can_run, child_mode, exe, fd_count, file_offset_of, functions, hear, is_listed, listed_events,
+    offset_of, our_events, runtime, symbol_of, tell, tracefs, ChildTest,
 };
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use probeset::cleanup::wait_idle;
 use probeset::counter::{Counter, Flavour};
-use probeset::{Backend, Uprobe};
+use probeset::{Backend, Error, Probe, ProbeSet, Uprobe};
 
 /// The mode of the child that `an_unmount_is_reported_and_a_remount_lets_the_event_go` runs.
 const UNMOUNT_CHILD: &str = "PROBESET_FAULTS_UNMOUNT_CHILD";
+/// The mode of the child that `a_batch_out_of_descriptors_leaves_nothing_behind` runs.
+const FD_CHILD: &str = "PROBESET_FAULTS_FD_CHILD";
 /// The parent's mount namespace, so that the unmount child can check it is not in it.
 const HOST_MNT_ENV: &str = "PROBESET_FAULTS_HOST_MNT";
 
@@ -210,8 +216,8 @@ fn unmount_child() {
         run(&["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"]);
         let link = probe.attach(&counter).await.unwrap();
         let name = link.tracefs_event().unwrap().to_string();
+        assert!(is_listed("uprobe_events", &name), "{name} is listed");
         let listed = listed_events("uprobe_events");
-        assert!(listed.contains(&name), "{listed:?}");
         assert!(
             !listed.contains(&kept_name),
             "the kept event went with the next tracefs operation: {listed:?}"
@@ -276,7 +282,7 @@ fn an_unmount_is_reported_and_a_remount_lets_the_event_go() {
     let kept = child.expect("KEPT", PATIENCE);
     // Seen from the host: the detach that failed left the event in the kernel.
     assert!(
-        listed_events("uprobe_events").contains(&kept),
+        is_listed("uprobe_events", &kept),
         "{kept} is still in the kernel"
     );
     assert!(
@@ -294,4 +300,92 @@ fn an_unmount_is_reported_and_a_remount_lets_the_event_go() {
         tracefs().join("events").is_dir(),
         "the host's tracefs is mounted"
     );
+}
+
+/// 200 tracefs uprobes on functions of this executable.
+fn batch() -> Vec<Probe> {
+    functions()[..200]
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            Uprobe::at_offset(exe(), file_offset_of(*f))
+                .cookie(i as u64)
+                .backend(Backend::Tracefs)
+                .into()
+        })
+        .collect()
+}
+
+/// One batch of 200 with `free` descriptor numbers left: it fails with
+/// `OutOfFileDescriptors`, and nothing is left behind.
+async fn out_of_descriptors(counter: &Counter, free: u64) {
+    let me = std::process::id();
+    let before = fd_count();
+    let mut set = ProbeSet::new(counter).unwrap();
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    // fd_count() counts its own directory descriptor too.
+    let open = fd_count() as u64 - 1;
+    setrlimit(Resource::RLIMIT_NOFILE, open + free, hard).unwrap();
+    let result = set.attach(batch()).await;
+    setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
+    let err = result.expect_err("200 probes cannot fit in 40 descriptors");
+    assert_eq!(err.raw_os_error(), Some(libc::EMFILE), "{err}");
+    let Error::Probes { total, failures } = &err else {
+        panic!("expected the batch's failures, got {err:?}");
+    };
+    assert_eq!(*total, 200);
+    assert!(
+        failures
+            .iter()
+            .any(|(_, e)| matches!(e, Error::OutOfFileDescriptors { .. })),
+        "{err:?}"
+    );
+    // Right after the call, before any background work: no event of this process.
+    let left = our_events("uprobe_events", me);
+    assert!(left.is_empty(), "{free} free: events left: {left:?}");
+    assert!(set.is_empty());
+    drop(set);
+    wait_idle().await;
+    assert_eq!(fd_count(), before, "{free} free: descriptors are back");
+    assert!(our_events("uprobe_events", me).is_empty());
+    tell("ROUND", &format!("free={free} failures={}", failures.len()));
+}
+
+/// Not a test of its own: the child of `a_batch_out_of_descriptors_leaves_nothing_behind`.
+#[test]
+fn fd_child() {
+    if !child_mode(FD_CHILD) {
+        return;
+    }
+    tracefs();
+    runtime().block_on(async {
+        let counter = Counter::load(Flavour::Plain, 256).unwrap();
+        // This process's first tracefs probe (and its reaper run) before the limit is low.
+        let warm = Uprobe::at_offset(exe(), file_offset_of(functions()[999]))
+            .backend(Backend::Tracefs)
+            .attach(&counter)
+            .await
+            .unwrap();
+        warm.detach().await.unwrap();
+        for free in [40, 41, 42, 43] {
+            out_of_descriptors(&counter, free).await;
+        }
+    });
+    tell("DONE", "");
+}
+
+#[test]
+fn a_batch_out_of_descriptors_leaves_nothing_behind() {
+    if !can_run("a_batch_out_of_descriptors_leaves_nothing_behind") {
+        return;
+    }
+    tracefs();
+    let mut child = ChildTest::spawn(&[], "fd_child", &[(FD_CHILD, "1".to_string())]);
+    for _ in 0..4 {
+        eprintln!("tracefs_faults: {}", child.expect("ROUND", PATIENCE));
+    }
+    child.expect("DONE", PATIENCE);
+    child.wait_success();
+    let left = our_events("uprobe_events", child.pid());
+    assert!(left.is_empty(), "after the child exited: {left:?}");
 }

@@ -331,3 +331,15 @@ pub fn hear() -> Option<String> {
 pub fn child_mode(name: &str) -> bool {
     std::env::var_os(name).is_some()
 }
+
+/// Whether `group/event` is listed in `uprobe_events` (or `kprobe_events`). The kernel lists
+/// a page of lines per read, so while other processes add and remove events a line can be
+/// skipped: an absent one is looked for again a few times before the answer is no.
+pub fn is_listed(file: &str, name: &str) -> bool {
+    (0..10).any(|i| {
+        if i > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        listed_events(file).iter().any(|n| n == name)
+    })
+}
