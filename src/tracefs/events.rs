@@ -1,14 +1,14 @@
 //! The `kprobe_events`/`uprobe_events` files themselves: the lines they list, appending a
-//! line, removing events with the one `EBUSY` retry loop, the kernel's limits on names and
-//! lines, and the crate's group names. The leaf the probe-event guard, the pending removals
-//! and the reaper build on.
+//! line, removing events with the one `EBUSY` retry loop, and the kernel's limits on names
+//! and lines. The leaf the probe-event guard, the pending removals and the reaper build on.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write as _};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// The prefix of every tracefs group this crate creates: `probeset_<pid>_<random hex>`.
+/// The prefix of every tracefs group this crate creates:
+/// `probeset_<pid>_<pidns>_<starttime>_<random>` (see [`reap_stale`](super::reap_stale)).
 pub const GROUP_PREFIX: &str = "probeset_";
 
 /// The kernel's limit on group and event names (`MAX_EVENT_NAME_LEN` 64, with the NUL).
@@ -52,31 +52,6 @@ impl Failure {
             Failure::Open(e) | Failure::Write(e) => e,
         }
     }
-}
-
-/// A fresh group name for this process: `probeset_<pid>_<16 random hex digits>`.
-pub(crate) fn new_group() -> String {
-    let group = format!(
-        "{GROUP_PREFIX}{}_{:016x}",
-        std::process::id(),
-        crate::sys::random_u64()
-    );
-    debug_assert!(group.len() <= MAX_NAME_LEN);
-    group
-}
-
-/// The owner pid of a group this crate created, or `None` for anyone else's group.
-pub(crate) fn group_owner(group: &str) -> Option<i32> {
-    let rest = group.strip_prefix(GROUP_PREFIX)?;
-    let (pid, hex) = rest.split_once('_')?;
-    if pid.is_empty()
-        || !pid.bytes().all(|b| b.is_ascii_digit())
-        || hex.is_empty()
-        || !hex.bytes().all(|b| b.is_ascii_hexdigit())
-    {
-        return None;
-    }
-    pid.parse().ok()
 }
 
 /// The `(group, event)` names in an events file's text.
@@ -160,23 +135,6 @@ pub(crate) fn remove(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn groups_are_ours_and_parse_back() {
-        let g = new_group();
-        assert!(g.starts_with(&format!("probeset_{}_", std::process::id())));
-        assert!(g.len() <= MAX_NAME_LEN);
-        assert_eq!(
-            group_owner(&g),
-            Some(i32::try_from(std::process::id()).unwrap())
-        );
-        assert_ne!(new_group(), g, "groups are random");
-        assert_eq!(group_owner("probeset_12_ab"), Some(12));
-        assert_eq!(group_owner("probeset_12"), None);
-        assert_eq!(group_owner("probeset_x_ab"), None);
-        assert_eq!(group_owner("probeset_12_xyz"), None);
-        assert_eq!(group_owner("ebpf_12_ab"), None);
-    }
 
     #[test]
     fn parses_event_lines() {

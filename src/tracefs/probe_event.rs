@@ -6,7 +6,7 @@ use std::io;
 use std::path::PathBuf;
 
 use super::events::{self, Failure, BUSY_RETRY, MAX_LINE_LEN, MAX_NAME_LEN};
-use super::{mount, pending};
+use super::{mount, owner, pending};
 use crate::error::Error;
 use crate::probe::ProbeKind;
 
@@ -211,7 +211,7 @@ impl ProbeEvent {
         let target = target(spec)?;
         pending::retry();
         super::reaper::ensure_ran();
-        let group = events::new_group();
+        let group = owner::new_group();
         let event = event_name(spec.event_hint);
         let line = create_line(spec.ret, spec.maxactive, &group, &event, &target);
         check_line(spec, &line)?;

@@ -343,3 +343,45 @@ pub fn is_listed(file: &str, name: &str) -> bool {
         listed_events(file).iter().any(|n| n == name)
     })
 }
+
+/// The inode of this process's pid namespace (`/proc/self/ns/pid` is `pid:[N]`).
+pub fn own_pid_namespace() -> u32 {
+    let link = std::fs::read_link("/proc/self/ns/pid").expect("/proc/self/ns/pid");
+    link.to_str()
+        .and_then(|l| l.strip_prefix("pid:["))
+        .and_then(|l| l.strip_suffix(']'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a pid namespace link: {link:?}"))
+}
+
+/// The start time of process `pid` in clock ticks after boot (field 22 of
+/// `/proc/<pid>/stat`), if it exists.
+pub fn start_time_of(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// A group name in this crate's format, `probeset_<pid>_<pidns>_<starttime>_<14 hex>`,
+/// with a fresh random part.
+pub fn owner_group(pid: u32, pidns: u32, start: u64) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let random = (u64::try_from(nanos & 0xffff_ffff_ffff).unwrap() << 8
+        ^ SEQ.fetch_add(1, Ordering::Relaxed))
+        & 0x00ff_ffff_ffff_ffff;
+    format!("probeset_{pid}_{pidns}_{start}_{random:014x}")
+}
+
+/// The group of an owner that is provably dead: this pid namespace, a pid no process has.
+pub fn dead_owner_group() -> String {
+    owner_group(
+        u32::try_from(dead_pid()).unwrap(),
+        own_pid_namespace(),
+        12_345,
+    )
+}
