@@ -2,7 +2,8 @@
 //! that was killed (`SIGKILL`) mid-attach, and of owners proven gone (no such pid, or a pid
 //! reused by a process that started at another time); it never touches another tool's events,
 //! a live process's events (also one in another pid namespace, whose pid means nothing here),
-//! or a group that only looks like ours (host tier; root).
+//! or a group that only looks like ours; and a process's first tracefs probe does not wait for
+//! someone else's busy events (host tier; root).
 
 mod common;
 
@@ -14,9 +15,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{
-    can_run, child_mode, dead_pid, event_of_line, exe, hear, is_listed, listed_events, offset_of,
-    our_events, own_pid_namespace, owner_group, pid_is_dead, runtime, start_time_of, symbol_of,
-    tell, tracefs, write_events, ChildTest,
+    can_run, child_mode, dead_owner_group, dead_pid, event_of_line, exe, hear, is_listed,
+    listed_events, offset_of, our_events, own_pid_namespace, owner_group, pid_is_dead, runtime,
+    start_time_of, symbol_of, tell, tracefs, write_events, ChildTest,
 };
 use probeset::counter::{Counter, Flavour};
 use probeset::{Backend, Link, Uprobe};
@@ -95,6 +96,15 @@ fn reapns_churn(x: u64) -> u64 {
 fn reapjudge_target(x: u64) -> u64 {
     black_box(x).wrapping_mul(131) ^ 0x3c
 }
+#[inline(never)]
+fn reapfirst_busy(x: u64) -> u64 {
+    black_box(x).wrapping_mul(137) ^ 0x3d
+}
+#[inline(never)]
+fn reapfirst_probe(x: u64) -> u64 {
+    black_box(x).wrapping_mul(139) ^ 0x3e
+}
+
 fn call(f: fn(u64) -> u64, n: u64) {
     for i in 0..n {
         black_box(black_box(f)(i));
@@ -479,6 +489,10 @@ fn reaper_leaves_foreign_and_live_groups_alone() {
 const NS_CHILD: &str = "PROBESET_REAPER_NS_CHILD";
 /// The pid that child has in its namespace.
 const NS_CHILD_PID: &str = "PROBESET_REAPER_NS_CHILD_PID";
+/// The mode of the child that `first_tracefs_probe_does_not_wait_for_busy_stale_events` runs.
+const FIRST_CHILD: &str = "PROBESET_REAPER_FIRST_CHILD";
+/// The busy stale event that child's reaper meets, as `group/event`.
+const FIRST_CHILD_BUSY: &str = "PROBESET_REAPER_FIRST_CHILD_BUSY";
 
 const PATIENCE: Duration = Duration::from_secs(180);
 
@@ -699,4 +713,103 @@ fn reaper_judges_owners_by_pid_namespace_and_start_time() {
         !names.iter().any(|n| listed.contains(n)),
         "cleaned up: {listed:?}"
     );
+}
+
+/// Not a test of its own: the child of `first_tracefs_probe_does_not_wait_for_busy_stale_events`.
+/// Times its first tracefs probe, then frees the busy event and times how long until its
+/// reaper's retry removed it.
+#[test]
+fn reaper_first_child() {
+    if !child_mode(FIRST_CHILD) {
+        return;
+    }
+    let busy = std::env::var(FIRST_CHILD_BUSY).unwrap();
+    tracefs();
+    runtime().block_on(async {
+        let counter = Counter::load(Flavour::Plain, 2).unwrap();
+        let t = Instant::now();
+        let link = Uprobe::new(exe(), symbol_of("reapfirst_probe"))
+            .backend(Backend::Tracefs)
+            .attach(&counter)
+            .await
+            .unwrap();
+        let first = t.elapsed();
+        call(reapfirst_probe, 2);
+        assert_eq!(counter.get(0).unwrap(), 2);
+        assert!(
+            is_listed("uprobe_events", &busy),
+            "{busy} is busy: it cannot have been removed yet"
+        );
+        tell("FIRST", &first.as_micros().to_string());
+        std::fs::write(tracefs().join("events").join(&busy).join("enable"), "0").unwrap();
+        let t = Instant::now();
+        while is_listed("uprobe_events", &busy) && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let gone = !is_listed("uprobe_events", &busy);
+        tell(
+            "RETRIED",
+            &format!("gone={gone} after_us={}", t.elapsed().as_micros()),
+        );
+        link.detach().await.unwrap();
+    });
+}
+
+/// Keeps a tracefs event enabled (which makes its removal `EBUSY`) until dropped.
+struct Enabled(std::path::PathBuf);
+
+impl Enabled {
+    fn new(event: &str) -> Enabled {
+        let path = tracefs().join("events").join(event).join("enable");
+        std::fs::write(&path, "1").unwrap();
+        Enabled(path)
+    }
+}
+
+impl Drop for Enabled {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, "0");
+    }
+}
+
+#[test]
+fn first_tracefs_probe_does_not_wait_for_busy_stale_events() {
+    if !can_run("first_tracefs_probe_does_not_wait_for_busy_stale_events") {
+        return;
+    }
+    let _serial = serial();
+    let target = target_of(reapfirst_busy, "reapfirst_busy");
+    let stale = ManualEvent::create(&dead_owner_group(), &target).unwrap();
+    let enabled = Enabled::new(&stale.name);
+    assert_eq!(
+        write_events("uprobe_events", &format!("-:{}", stale.name))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::EBUSY),
+        "an enabled event is busy"
+    );
+    let mut child = ChildTest::spawn(
+        &[],
+        "reaper_first_child",
+        &[
+            (FIRST_CHILD, "1".to_string()),
+            (FIRST_CHILD_BUSY, stale.name.clone()),
+        ],
+    );
+    let first = Duration::from_micros(child.expect("FIRST", PATIENCE).parse().unwrap());
+    let retried = child.expect("RETRIED", PATIENCE);
+    child.wait_success();
+    drop(enabled);
+    eprintln!(
+        "reaper: first tracefs attach with a busy stale event took {first:?}; then {retried}"
+    );
+    assert!(
+        first < Duration::from_secs(1),
+        "the first probe waited {first:?} for someone else's busy event"
+    );
+    assert!(
+        retried.starts_with("gone=true "),
+        "the busy event was retried: {retried}"
+    );
+    assert!(!stale.is_listed());
 }

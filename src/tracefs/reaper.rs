@@ -1,8 +1,9 @@
 //! The stale-event reaper: removes the probe events of `probeset_` groups whose owner
 //! process is provably gone (see `owner` for what the group name says and how it is judged).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Once;
+use std::time::Duration;
 
 use super::events::{self, listed_events, BUSY_RETRY};
 use super::owner::{Judge, Verdict};
@@ -38,35 +39,63 @@ pub struct Reaped {
 /// Not-supported when tracefs is not mounted. Events that could not be removed are listed
 /// in [`Reaped::failed`], not returned as an error.
 pub fn reap_stale_blocking() -> Result<Reaped, Error> {
+    let (reaped, _busy) = reap(BUSY_RETRY)?;
+    Ok(reaped)
+}
+
+/// Stale events the kernel said were busy, as `group/event`, per events file.
+type Busy = Vec<(PathBuf, Vec<String>)>;
+
+/// One run of the reaper, waiting out `EBUSY` for up to `patience`; what it did, and the
+/// events that were still busy.
+fn reap(patience: Duration) -> Result<(Reaped, Busy), Error> {
     let root = super::mount::require_mount()?;
     super::pending::retry();
     let mut judge = Judge::here();
     let mut reaped = Reaped::default();
+    let mut busy = Busy::new();
     for file in ["kprobe_events", "uprobe_events"] {
-        reap_file(&root.join(file), &mut judge, &mut reaped);
+        let path = root.join(file);
+        let still_busy = reap_file(&path, &mut judge, patience, &mut reaped);
+        if !still_busy.is_empty() {
+            busy.push((path, still_busy));
+        }
     }
-    Ok(reaped)
+    Ok((reaped, busy))
 }
 
-fn reap_file(path: &Path, judge: &mut Judge, reaped: &mut Reaped) {
+/// Reaps one events file; the stale events that were busy.
+fn reap_file(
+    path: &Path,
+    judge: &mut Judge,
+    patience: Duration,
+    reaped: &mut Reaped,
+) -> Vec<String> {
     let Ok(text) = std::fs::read_to_string(path) else {
-        return;
+        return Vec::new();
     };
     let stale: Vec<(&str, &str)> = listed_events(&text)
         .filter(|(group, _)| {
             group.starts_with(events::GROUP_PREFIX) && judge.judge(group) == Verdict::Gone
         })
         .collect();
-    for ((group, event), result) in stale.iter().zip(events::remove(path, &stale, BUSY_RETRY)) {
+    let mut busy = Vec::new();
+    for ((group, event), result) in stale.iter().zip(events::remove(path, &stale, patience)) {
         let name = format!("{group}/{event}");
         match result {
             Ok(()) => {
                 tracing::info!(event = %name, "removed stale tracefs probe event of a dead process");
                 reaped.removed.push(name);
             }
-            Err(f) => reaped.failed.push((name, f.io().to_string())),
+            Err(f) => {
+                if f.is_busy() {
+                    busy.push(name.clone());
+                }
+                reaped.failed.push((name, f.io().to_string()));
+            }
         }
     }
+    busy
 }
 
 /// [`reap_stale_blocking`] on tokio's blocking pool.
@@ -81,14 +110,58 @@ pub async fn reap_stale() -> Result<Reaped, Error> {
 }
 
 /// Runs the reaper once per process, before the first tracefs probe; concurrent callers
-/// wait until it has finished.
+/// wait until it has finished. It never waits on `EBUSY` (someone else's events must not
+/// hold up this process's first probe): the stale events that are busy are retried for a
+/// few seconds on a short-lived background thread, and whatever is left then falls to the
+/// reaper of a later process.
 pub(crate) fn ensure_ran() {
     static ONCE: Once = Once::new();
-    ONCE.call_once(|| match reap_stale_blocking() {
-        Ok(r) if !r.failed.is_empty() => {
-            tracing::warn!(failed = ?r.failed, "some stale tracefs probe events could not be removed");
+    ONCE.call_once(|| match reap(Duration::ZERO) {
+        Ok((reaped, busy)) => {
+            let failed: Vec<&(String, String)> = reaped
+                .failed
+                .iter()
+                .filter(|(name, _)| !busy.iter().any(|(_, names)| names.contains(name)))
+                .collect();
+            if !failed.is_empty() {
+                tracing::warn!(
+                    ?failed,
+                    "some stale tracefs probe events could not be removed"
+                );
+            }
+            if !busy.is_empty() {
+                retry_in_background(busy);
+            }
         }
-        Ok(_) => {}
         Err(e) => tracing::debug!(error = %e, "stale-event reaper did not run"),
     });
+}
+
+/// Retries busy stale events for up to [`BUSY_RETRY`] on a thread of its own.
+fn retry_in_background(busy: Busy) {
+    let job = move || {
+        for (path, names) in busy {
+            let events: Vec<(&str, &str)> =
+                names.iter().filter_map(|n| n.split_once('/')).collect();
+            for (name, result) in names.iter().zip(events::remove(&path, &events, BUSY_RETRY)) {
+                match result {
+                    Ok(()) => tracing::info!(
+                        event = %name,
+                        "removed stale tracefs probe event of a dead process"
+                    ),
+                    Err(f) => tracing::warn!(
+                        event = %name,
+                        error = %f.io(),
+                        "could not remove a stale tracefs probe event; a later reaper retries"
+                    ),
+                }
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("probeset-reap".into())
+        .spawn(job)
+    {
+        tracing::debug!(error = %e, "no thread to retry busy stale events; a later reaper retries");
+    }
 }
