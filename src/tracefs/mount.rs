@@ -1,7 +1,7 @@
 //! Where tracefs is mounted.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, PoisonError};
 
 use crate::error::Error;
 
@@ -11,15 +11,18 @@ pub(crate) const MOUNT_HINT: &str =
 
 /// Where tracefs is mounted: the first `tracefs` entry of `/proc/self/mountinfo`, else
 /// `/sys/kernel/tracing`, else `/sys/kernel/debug/tracing`, whichever holds a tracefs.
-/// A found mount point is cached; a missing one is looked for again on the next call (so a
-/// process that mounts tracefs later is served).
+/// A found mount point is cached for as long as it still holds a tracefs (checked on every
+/// call, one `stat`); once tracefs is unmounted there, or while none is found, it is looked
+/// for again on the next call (so a process that mounts tracefs later, or again elsewhere,
+/// is served).
 #[must_use]
 pub fn mount_point() -> Option<PathBuf> {
-    static FOUND: OnceLock<PathBuf> = OnceLock::new();
-    if let Some(p) = FOUND.get() {
+    static FOUND: Mutex<Option<PathBuf>> = Mutex::new(None);
+    let mut found = FOUND.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(p) = found.as_ref().filter(|p| is_tracefs_dir(p)) {
         return Some(p.clone());
     }
-    let found = std::fs::read_to_string("/proc/self/mountinfo")
+    *found = std::fs::read_to_string("/proc/self/mountinfo")
         .ok()
         .and_then(|m| mountinfo_tracefs(&m))
         .filter(|p| is_tracefs_dir(p))
@@ -28,8 +31,8 @@ pub fn mount_point() -> Option<PathBuf> {
                 .into_iter()
                 .map(PathBuf::from)
                 .find(|p| is_tracefs_dir(p))
-        })?;
-    Some(FOUND.get_or_init(|| found).clone())
+        });
+    found.clone()
 }
 
 /// The tracefs mount, or a not-supported error saying how to mount it.

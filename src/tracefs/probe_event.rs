@@ -5,7 +5,8 @@ use std::fmt::Write as _;
 use std::io;
 use std::path::PathBuf;
 
-use super::events::{self, BUSY_RETRY, MAX_NAME_LEN};
+use super::events::{self, Failure, BUSY_RETRY, MAX_LINE_LEN, MAX_NAME_LEN};
+use super::{mount, owner, pending};
 use crate::error::Error;
 use crate::probe::ProbeKind;
 
@@ -60,16 +61,19 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 /// The target token of a probe line: `SYM[+OFFS]` or `PATH:0xOFF[(0xREFCTR)]`.
 ///
 /// # Errors
-/// Invalid input for a path tracefs would misread (white space splits the line).
+/// Invalid input for a path tracefs would misread (see [`misread_in_path`]).
 pub(crate) fn target(spec: &EventSpec<'_>) -> Result<String, Error> {
     Ok(match spec.kind {
         ProbeKind::Kprobe if spec.offset == 0 => spec.name.to_string(),
         ProbeKind::Kprobe => format!("{}+{:#x}", spec.name, spec.offset),
         ProbeKind::Uprobe => {
-            if spec.name.chars().any(char::is_whitespace) {
+            if let Some(why) = misread_in_path(spec.name) {
                 return Err(Error::invalid(
                     format!("binary path {:?}", spec.name),
-                    "tracefs cannot take a path with white space; use the PMU backend",
+                    format!(
+                        "tracefs cannot take {why}; use Backend::Pmu, or name the binary by a \
+                         path without it (a symlink)"
+                    ),
                 ));
             }
             let mut t = format!("{}:{:#x}", spec.name, spec.offset);
@@ -79,6 +83,45 @@ pub(crate) fn target(spec: &EventSpec<'_>) -> Result<String, Error> {
             t
         }
     })
+}
+
+/// What the kernel would misread in a binary path of a probe line, as "the character ...
+/// in a path (why)". The kernel (`trace_parse_run_command`, then `argv_split`) cuts the line
+/// at a newline, drops everything from a `#` on as a comment, and splits the rest at
+/// `isspace()`, which takes the bytes 9-13, 32 and also 0xa0 for white space; a NUL ends it.
+/// What it then reads as the path is not what was named, or nothing at all. `:`, `%` and
+/// `(` are safe: the offset is found after the last `:`.
+fn misread_in_path(path: &str) -> Option<String> {
+    path.chars().find_map(|c| {
+        let why = match c {
+            '#' => "'#' starts a comment: the kernel drops the rest of the line",
+            c if c.is_whitespace() => "white space separates the fields of the line",
+            c if c.is_control() => "a control character cannot be written into a probe line",
+            c if c.encode_utf8(&mut [0; 4]).bytes().any(|b| b == 0xa0) => {
+                "its UTF-8 holds the byte 0xa0, which the kernel's isspace() takes for white space"
+            }
+            _ => return None,
+        };
+        Some(format!(
+            "the character {c:?} (U+{:04X}) in a path ({why})",
+            u32::from(c)
+        ))
+    })
+}
+
+/// The line, if the kernel parses it whole: at most [`MAX_LINE_LEN`] bytes.
+fn check_line(spec: &EventSpec<'_>, line: &str) -> Result<(), Error> {
+    if line.len() <= MAX_LINE_LEN {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        spec.display.to_string(),
+        format!(
+            "its tracefs line would be {} bytes and the kernel parses at most {MAX_LINE_LEN}; \
+             use Backend::Pmu, or name the binary by a shorter path (a symlink)",
+            line.len()
+        ),
+    ))
 }
 
 /// The line that creates a probe event (see the kernel's `kprobetrace.rst` and
@@ -126,10 +169,14 @@ fn write_error(spec: &EventSpec<'_>, e: io::Error) -> Error {
 }
 
 /// A probe event this crate created, removed again when dropped (or by
-/// [`ProbeEvent::remove`]).
+/// [`ProbeEvent::remove`]). A removal that fails leaves the event's name with the pending
+/// removals (`pending`), which this process retries; the reaper removes it once the process
+/// is gone.
 #[derive(Debug)]
 pub(crate) struct ProbeEvent {
-    events_file: PathBuf,
+    /// `uprobe_events` or `kprobe_events`.
+    file: &'static str,
+    /// The tracefs mount the event was created in.
     root: PathBuf,
     group: String,
     event: String,
@@ -137,17 +184,19 @@ pub(crate) struct ProbeEvent {
 }
 
 impl ProbeEvent {
-    /// Creates the probe event in a new group of this process. Runs the stale-event reaper
-    /// first if this process has not yet.
+    /// Creates the probe event in a new group of this process. Retries this process's failed
+    /// removals, and runs the stale-event reaper first if this process has not yet.
     ///
     /// # Errors
-    /// Not supported when tracefs or the events file is missing; the write's errno,
-    /// normalised (see `write_error`).
+    /// Not supported when tracefs or the events file is missing; invalid input for a line
+    /// tracefs would misread; the write's errno, normalised (see `write_error`).
     pub(crate) fn create(spec: &EventSpec<'_>) -> Result<ProbeEvent, Error> {
         let kind = spec.kind;
-        let root = super::mount::require_mount()?;
+        let root = mount::require_mount()?;
         let events_file = root.join(kind.events_file());
         if !events_file.exists() {
+            // Unmounted since it was found: say so, not that the kernel lacks the file.
+            mount::require_mount()?;
             return Err(Error::not_supported(
                 format!("{} through tracefs", kind.noun_plural()),
                 format!(
@@ -160,14 +209,24 @@ impl ProbeEvent {
             ));
         }
         let target = target(spec)?;
+        pending::retry();
         super::reaper::ensure_ran();
-        let group = events::new_group();
+        let group = owner::new_group();
         let event = event_name(spec.event_hint);
         let line = create_line(spec.ret, spec.maxactive, &group, &event, &target);
+        check_line(spec, &line)?;
         tracing::debug!(line, "creating tracefs probe event");
-        events::append(&events_file, &line).map_err(|e| write_error(spec, e))?;
+        events::append(&events_file, &line).map_err(|f| match f {
+            Failure::Open(e) if e.raw_os_error() == Some(libc::ENOENT) => Error::not_supported(
+                format!("{} through tracefs", kind.noun_plural()),
+                mount::MOUNT_HINT,
+                Some(e),
+            ),
+            Failure::Open(e) => Error::syscall("open", events_file.display().to_string(), e),
+            Failure::Write(e) => write_error(spec, e),
+        })?;
         Ok(ProbeEvent {
-            events_file,
+            file: kind.events_file(),
             root,
             group,
             event,
@@ -202,40 +261,72 @@ impl ProbeEvent {
         })
     }
 
-    /// Writes `-:GROUP/EVENT` (retrying `EBUSY` for a while).
-    fn remove_now(&self) -> io::Result<()> {
-        let events = [(self.group.as_str(), self.event.as_str())];
-        events::remove(&self.events_file, &events, BUSY_RETRY)
-            .pop()
-            .expect("one result per event")
+    /// Writes `-:GROUP/EVENT` to the events file of wherever tracefs is mounted now
+    /// (retrying `EBUSY` for a while), then retries this process's earlier failed removals.
+    /// A failure keeps the event's name with them.
+    fn remove_now(&self) -> Result<(), Failure> {
+        let result = match mount::mount_point() {
+            Some(root) => {
+                let events = [(self.group.as_str(), self.event.as_str())];
+                events::remove(&root.join(self.file), &events, BUSY_RETRY)
+                    .pop()
+                    .expect("one result per event")
+            }
+            None => Err(Failure::Open(io::Error::from_raw_os_error(libc::ENOENT))),
+        };
+        pending::retry();
+        if let Err(f) = &result {
+            pending::keep(self.file, &self.group, &self.event, f);
+        }
+        result
+    }
+
+    /// The error of a failed removal: what was written where, why it failed, and what
+    /// becomes of the event.
+    fn removal_error(&self, failure: Failure) -> Error {
+        let line = format!(
+            "-:{}/{} to {}",
+            self.group,
+            self.event,
+            self.root.join(self.file).display()
+        );
+        let (call, why) = match &failure {
+            Failure::Open(e) if e.raw_os_error() == Some(libc::ENOENT) => (
+                "open",
+                format!(
+                    ": tracefs is not mounted at {} any more",
+                    self.root.display()
+                ),
+            ),
+            Failure::Open(_) => ("open", String::new()),
+            Failure::Write(_) => ("write", String::new()),
+        };
+        Error::syscall(
+            call,
+            format!(
+                "{line}{why}; the event stays in the kernel: this process retries its removal \
+                 at its next tracefs operation, and the stale-event reaper of another process \
+                 removes it once this one has exited"
+            ),
+            failure.into_io(),
+        )
     }
 
     /// Removes the event, reporting failure.
     pub(crate) fn remove(mut self) -> Result<(), Error> {
         self.armed = false;
-        self.remove_now().map_err(|e| {
-            Error::syscall(
-                "write",
-                format!(
-                    "-:{}/{} to {}",
-                    self.group,
-                    self.event,
-                    self.events_file.display()
-                ),
-                e,
-            )
-        })
+        self.remove_now().map_err(|f| self.removal_error(f))
     }
 }
 
 impl Drop for ProbeEvent {
     fn drop(&mut self) {
         if self.armed {
-            if let Err(e) = self.remove_now() {
+            if let Err(f) = self.remove_now() {
                 tracing::warn!(
                     event = %self.qualified_name(),
-                    error = %e,
-                    "could not remove tracefs probe event; the stale-event reaper of a later process removes it"
+                    error = %f.io(),
+                    "could not remove tracefs probe event; it is retried at this process's next tracefs operation, and the stale-event reaper of another process removes it once this one has exited"
                 );
             }
         }
@@ -280,6 +371,51 @@ mod tests {
         assert!(target(&spec(ProbeKind::Uprobe, "/a b", 0, 0))
             .unwrap_err()
             .is_invalid_input());
+    }
+
+    #[test]
+    fn paths_tracefs_would_misread_are_refused() {
+        for (path, named) in [
+            ("/x/other:0x1155#/victim", "'#'"),
+            ("/a b", "' '"),
+            ("/a\tb", "'\\t'"),
+            ("/a\nb", "'\\n'"),
+            ("/a\rb", "'\\r'"),
+            ("/a\u{b}b", "'\\u{b}'"),
+            ("/a\0b", "'\\0'"),
+            ("/a\u{1}b", "'\\u{1}'"),
+            ("/a\u{7f}b", "'\\u{7f}'"),
+            ("/a\u{85}b", "'\\u{85}'"),
+            ("/a\u{a0}b", "'\\u{a0}'"),
+            // 'à' is C3 A0 in UTF-8, 'Ġ' C4 A0: the kernel splits at the A0.
+            ("/voilà/bin", "'à' (U+00E0)"),
+            ("/Ġ", "'Ġ' (U+0120)"),
+            // Unicode white space the kernel would not split at: refused all the same.
+            ("/a\u{2028}b", "U+2028"),
+        ] {
+            let err = target(&spec(ProbeKind::Uprobe, path, 0x10, 0)).unwrap_err();
+            assert!(err.is_invalid_input(), "{path:?}: {err}");
+            let msg = err.to_string();
+            assert!(msg.contains(named), "{path:?}: {msg} does not name {named}");
+            assert!(msg.contains("Backend::Pmu"), "{msg}");
+        }
+        // What the kernel reads as written: the offset is after the last ':'.
+        for path in ["/a:b/c", "/a%return/b", "/a(0x1)/b", "/caf\u{e9}"] {
+            let want = format!("{path}:0x10");
+            assert_eq!(
+                target(&spec(ProbeKind::Uprobe, path, 0x10, 0)).unwrap(),
+                want
+            );
+        }
+    }
+
+    #[test]
+    fn lines_longer_than_the_kernel_parses_are_refused() {
+        let s = spec(ProbeKind::Uprobe, "/x", 0x10, 0);
+        assert!(check_line(&s, &"p".repeat(MAX_LINE_LEN)).is_ok());
+        let err = check_line(&s, &"p".repeat(MAX_LINE_LEN + 1)).unwrap_err();
+        assert!(err.is_invalid_input(), "{err}");
+        assert!(err.to_string().contains("4096 bytes"), "{err}");
     }
 
     #[test]

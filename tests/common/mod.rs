@@ -214,3 +214,174 @@ pub fn functions() -> Vec<fn(u64) -> u64> {
     let table: Table = numbered_table!();
     table.into_iter().flatten().flatten().collect()
 }
+
+/// This test executable run again as a child that runs only the test `test`, with the
+/// environment `envs`, under `wrapper` (a command line such as `unshare --mount`) if one is
+/// given. Its stdin and stdout are pipes: [`ChildTest::expect`] reads what it [`tell`]s, and
+/// [`ChildTest::say`] writes what it [`hear`]s. Killed if still running when dropped.
+pub struct ChildTest {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl ChildTest {
+    pub fn spawn(wrapper: &[&str], test: &str, envs: &[(&str, String)]) -> ChildTest {
+        use std::io::BufRead as _;
+        use std::process::{Command, Stdio};
+        let exe = exe();
+        let mut argv: Vec<&std::ffi::OsStr> = wrapper.iter().map(std::ffi::OsStr::new).collect();
+        argv.push(exe.as_os_str());
+        for arg in ["--exact", test, "--nocapture", "--test-threads=1"] {
+            argv.push(std::ffi::OsStr::new(arg));
+        }
+        let mut child = Command::new(argv[0])
+            .args(&argv[1..])
+            .envs(envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {argv:?}: {e}"));
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        ChildTest {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// The pid of the child (of the wrapper, if there is one), in this pid namespace.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The rest of the next line the child tells that starts with `word` and a space;
+    /// panics if none comes within `timeout`.
+    pub fn expect(&mut self, word: &str, timeout: std::time::Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(word).and_then(|r| r.strip_prefix(' ')) {
+                        return rest.to_string();
+                    }
+                }
+                Err(e) => panic!("the child never said {word} ({e}); see its stderr above"),
+            }
+        }
+    }
+
+    /// Writes one line to the child's stdin.
+    pub fn say(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin is open");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Closes the child's stdin: [`hear`] returns `None` there.
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Waits for the child to exit and asserts it succeeded.
+    pub fn wait_success(&mut self) {
+        self.stdin = None;
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "the child failed: {status}");
+    }
+}
+
+impl Drop for ChildTest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// In a child started by [`ChildTest::spawn`]: one line for the parent, `word` and `rest`.
+pub fn tell(word: &str, rest: &str) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "\n{word} {rest}").unwrap();
+    out.flush().unwrap();
+}
+
+/// In a child started by [`ChildTest::spawn`]: the next line from the parent, `None` once
+/// the parent closed stdin.
+pub fn hear() -> Option<String> {
+    let mut line = String::new();
+    match std::io::stdin().read_line(&mut line) {
+        Ok(0) | Err(_) => None,
+        Ok(_) => Some(line.trim_end().to_string()),
+    }
+}
+
+/// Whether the environment variable `name` is set: the mode a child test runs in.
+pub fn child_mode(name: &str) -> bool {
+    std::env::var_os(name).is_some()
+}
+
+/// Whether `group/event` is listed in `uprobe_events` (or `kprobe_events`). The kernel lists
+/// a page of lines per read, so while other processes add and remove events a line can be
+/// skipped: an absent one is looked for again a few times before the answer is no.
+pub fn is_listed(file: &str, name: &str) -> bool {
+    (0..10).any(|i| {
+        if i > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        listed_events(file).iter().any(|n| n == name)
+    })
+}
+
+/// The inode of this process's pid namespace (`/proc/self/ns/pid` is `pid:[N]`).
+pub fn own_pid_namespace() -> u32 {
+    let link = std::fs::read_link("/proc/self/ns/pid").expect("/proc/self/ns/pid");
+    link.to_str()
+        .and_then(|l| l.strip_prefix("pid:["))
+        .and_then(|l| l.strip_suffix(']'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a pid namespace link: {link:?}"))
+}
+
+/// The start time of process `pid` in clock ticks after boot (field 22 of
+/// `/proc/<pid>/stat`), if it exists.
+pub fn start_time_of(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// A group name in this crate's format, `probeset_<pid>_<pidns>_<starttime>_<14 hex>`,
+/// with a fresh random part.
+pub fn owner_group(pid: u32, pidns: u32, start: u64) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let random = (u64::try_from(nanos & 0xffff_ffff_ffff).unwrap() << 8
+        ^ SEQ.fetch_add(1, Ordering::Relaxed))
+        & 0x00ff_ffff_ffff_ffff;
+    format!("probeset_{pid}_{pidns}_{start}_{random:014x}")
+}
+
+/// The group of an owner that is provably dead: this pid namespace, a pid no process has.
+pub fn dead_owner_group() -> String {
+    owner_group(
+        u32::try_from(dead_pid()).unwrap(),
+        own_pid_namespace(),
+        12_345,
+    )
+}
