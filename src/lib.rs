@@ -45,9 +45,12 @@
 //!
 //! # Leftovers of dead processes
 //! tracefs events outlive the process that created them. Those of this crate are in groups
-//! named `probeset_<pid>_<random hex>`; before the first tracefs probe of a process, the
-//! stale-event reaper removes the groups whose pid no longer exists
-//! ([`tracefs::reap_stale`]). PMU probes and multi links die with their fds.
+//! named `probeset_<pid>_<pidns>_<starttime>_<random>` (at most 63 characters: the owner's
+//! pid as it sees it, its pid namespace's inode, its start time, a random part); before the
+//! first tracefs probe of a process, the stale-event reaper removes the groups whose owner
+//! is provably gone: in the reaper's pid namespace, with no process of that pid, or one
+//! that started at another time (a reused pid) ([`tracefs::reap_stale`]). PMU probes and
+//! multi links die with their fds.
 #![deny(unsafe_code)]
 
 // The facade: the module list and the public names. Nothing inside the crate imports

@@ -170,8 +170,10 @@ impl Link {
     /// Runs on tokio's blocking pool. Closing a perf event costs ~0.1 s of kernel time.
     ///
     /// # Errors
-    /// When the tracefs event could not be removed (it stays inert; the stale-event reaper
-    /// of a later process removes it).
+    /// When the tracefs event could not be removed (tracefs unmounted, no descriptor left):
+    /// the error says why; the event stays inert, this process retries its removal at its
+    /// next tracefs operation and at exit, and the reaper removes it once this process has
+    /// exited.
     ///
     /// # Cancel safety
     /// Cancel safe: if the future is dropped, the release still completes on the blocking

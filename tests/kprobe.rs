@@ -345,8 +345,7 @@ fn the_reaper_removes_kprobe_events_of_dead_owners_only() {
         return;
     }
     let file = tracefs().join("kprobe_events");
-    let dead = common::dead_pid();
-    let stale = format!("probeset_{dead}_00c0ffee/stale");
+    let stale = format!("{}/stale", common::dead_owner_group());
     let foreign = "othertool_7a11/foreign".to_string();
     let write = |line: String| {
         use std::io::Write as _;

@@ -32,21 +32,28 @@ const CASES: [(&str, u32); 4] = [("pmu", 1), ("tracefs", 2), ("auto", 3), ("mult
 fn child(cases: &str) {
     let exe = std::env::current_exe().unwrap();
     let symbol = symbol_of("privilege_target");
-    for (case, slot) in CASES.into_iter().filter(|(c, _)| cases.split(',').any(|x| x == *c)) {
+    for (case, slot) in CASES
+        .into_iter()
+        .filter(|(c, _)| cases.split(',').any(|x| x == *c))
+    {
         let probe = Uprobe::new(&exe, &symbol).cookie(u64::from(slot));
         let r = match case {
-            "pmu" => probe.backend(Backend::Pmu).attach_blocking(std::io::stdin()),
-            "tracefs" => probe.backend(Backend::Tracefs).attach_blocking(std::io::stdin()),
+            "pmu" => probe
+                .backend(Backend::Pmu)
+                .attach_blocking(std::io::stdin()),
+            "tracefs" => probe
+                .backend(Backend::Tracefs)
+                .attach_blocking(std::io::stdin()),
             _ => probe.attach_blocking(std::io::stdin()),
         };
-        let line = match r {
-            Ok(link) => {
+        let report = match r {
+            Ok(attached) => {
                 for i in 0..CALLS {
                     black_box(privilege_target(i));
                 }
-                let line = format!("ok {:?} {:?}", link.kind(), link.backend());
-                link.detach_blocking().unwrap();
-                line
+                let ok = format!("ok {:?} {:?}", attached.kind(), attached.backend());
+                attached.detach_blocking().unwrap();
+                ok
             }
             Err(e) => format!(
                 "err denied={} unsupported={} {}",
@@ -55,7 +62,7 @@ fn child(cases: &str) {
                 one_line(&e)
             ),
         };
-        eprintln!("probeset-privilege: {case} {line}");
+        eprintln!("probeset-privilege: {case} {report}");
     }
 }
 
@@ -91,7 +98,12 @@ fn run_cases(args: &[&str], prog: &Counter, cases: &str) -> HashMap<String, Stri
     let out = Command::new("setpriv")
         .args(args)
         .arg(&exe)
-        .args(["--exact", "privilege_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "privilege_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD, cases)
         .stdin(Stdio::from(fd))
         .stdout(Stdio::null())
@@ -99,7 +111,11 @@ fn run_cases(args: &[&str], prog: &Counter, cases: &str) -> HashMap<String, Stri
         .output()
         .expect("setpriv runs");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "setpriv {args:?}: {:?}\n{stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "setpriv {args:?}: {:?}\n{stderr}",
+        out.status
+    );
     stderr
         .lines()
         .filter_map(|l| l.strip_prefix("probeset-privilege: "))
@@ -170,11 +186,17 @@ fn the_privilege_matrix() {
             let hits = counter.get(*slot).unwrap();
             match want {
                 Expect::Attached(backend) => {
-                    assert!(line.starts_with("ok ") && line.ends_with(backend), "{name} {case}: {line}");
+                    assert!(
+                        line.starts_with("ok ") && line.ends_with(backend),
+                        "{name} {case}: {line}"
+                    );
                     assert_eq!(hits, CALLS, "{name} {case}: exact count");
                 }
                 Expect::Denied(words) => {
-                    assert!(line.starts_with("err denied=true "), "{name} {case}: {line}");
+                    assert!(
+                        line.starts_with("err denied=true "),
+                        "{name} {case}: {line}"
+                    );
                     for w in *words {
                         assert!(line.contains(w), "{name} {case}: names {w}: {line}");
                     }

@@ -35,9 +35,34 @@ pub fn mount_point() -> Option<PathBuf> {
     found.clone()
 }
 
-/// The tracefs mount, or a not-supported error saying how to mount it.
+/// The tracefs mount, or a not-supported error saying how to mount it, or (when it is
+/// mounted but this process may not look inside: `/sys/kernel/tracing` is mode 0700,
+/// root's) a permission error saying so.
 pub(crate) fn require_mount() -> Result<PathBuf, Error> {
-    mount_point().ok_or_else(|| Error::not_supported("tracefs", MOUNT_HINT, None))
+    if let Some(p) = mount_point() {
+        return Ok(p);
+    }
+    let listed = std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|m| mountinfo_tracefs(&m));
+    if let Some(p) = listed {
+        if let Err(e) = std::fs::metadata(p.join("events")) {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                return Err(Error::permission(
+                    "open",
+                    p.display().to_string(),
+                    format!(
+                        "search access to {} (mounted, mode 0700, root's: run as root, or with \
+                         CAP_DAC_OVERRIDE or CAP_DAC_READ_SEARCH), and write access to its \
+                         uprobe_events/kprobe_events",
+                        p.display()
+                    ),
+                    e,
+                ));
+            }
+        }
+    }
+    Err(Error::not_supported("tracefs", MOUNT_HINT, None))
 }
 
 fn is_tracefs_dir(p: &Path) -> bool {

@@ -141,6 +141,19 @@ pub(crate) fn create_line(
     format!("{kind}:{group}/{event} {target}")
 }
 
+fn is_denied(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM))
+}
+
+/// What writing a `*_events` file needs.
+pub(crate) fn write_access(events_file: &std::path::Path) -> String {
+    format!(
+        "write access to uprobe_events/kprobe_events ({}, root's: run as root, or with \
+         CAP_DAC_OVERRIDE)",
+        events_file.display()
+    )
+}
+
 /// Maps the errno of the write that creates a probe event.
 fn write_error(spec: &EventSpec<'_>, e: io::Error) -> Error {
     let what = spec.display.to_string();
@@ -222,7 +235,16 @@ impl ProbeEvent {
                 mount::MOUNT_HINT,
                 Some(e),
             ),
+            Failure::Open(e) if is_denied(&e) => Error::permission(
+                "open",
+                format!("{} for {}", events_file.display(), spec.display),
+                write_access(&events_file),
+                e,
+            ),
             Failure::Open(e) => Error::syscall("open", events_file.display().to_string(), e),
+            Failure::Write(e) if is_denied(&e) => {
+                Error::permission("write", spec.display, write_access(&events_file), e)
+            }
             Failure::Write(e) => write_error(spec, e),
         })?;
         Ok(ProbeEvent {
