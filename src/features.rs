@@ -19,20 +19,16 @@
 //! The link fields need a test program, so they read `false` in a process that cannot load
 //! one (no `CAP_BPF`); such a process can still attach a program another one loaded.
 
-use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::Path;
 use std::sync::OnceLock;
 
 use crate::blocking;
-use crate::elf::ElfSymbols;
 use crate::error::Error;
 use crate::multi_link;
+use crate::perf_event;
 use crate::perf_link;
-use crate::pmu;
 use crate::probe::ProbeKind;
 use crate::sys::bpf::{self, Insn};
-use crate::sys::perf;
 use crate::tracefs::access::events_writable;
 
 /// What [`detect`] found.
@@ -96,8 +92,8 @@ fn probe_all() -> Features {
         load(eat).is_some_and(|p| takes(f(p.as_fd(), session)))
     };
     let features = Features {
-        kprobe_pmu: kprobe_pmu(),
-        uprobe_pmu: uprobe_pmu(),
+        kprobe_pmu: perf_event::pmu_opens(ProbeKind::Kprobe),
+        uprobe_pmu: perf_event::pmu_opens(ProbeKind::Uprobe),
         kprobe_events: events_writable(ProbeKind::Kprobe),
         uprobe_events: events_writable(ProbeKind::Uprobe),
         perf_link: plain
@@ -196,36 +192,6 @@ fn cookie_helper() -> bool {
         "probeset_feat",
     )
     .is_ok()
-}
-
-/// Whether the kprobe PMU opens a probe on a function every kernel has.
-fn kprobe_pmu() -> bool {
-    let Some(pmu) = pmu::pmu(ProbeKind::Kprobe) else {
-        return false;
-    };
-    ["vfs_read", "ksys_read", "schedule"].iter().any(|symbol| {
-        let name = CString::new(*symbol).expect("no NUL");
-        perf::open_probe(pmu.type_, 0, &name, 0, None).is_ok()
-    })
-}
-
-/// Whether the uprobe PMU opens a probe (on a function of this process's own executable,
-/// for this process only).
-fn uprobe_pmu() -> bool {
-    let Some(pmu) = pmu::pmu(ProbeKind::Uprobe) else {
-        return false;
-    };
-    let exe = Path::new("/proc/self/exe");
-    let Some(offset) = ElfSymbols::load(exe).ok().and_then(|s| {
-        s.functions()
-            .iter()
-            .find(|f| f.size > 0 && !f.ifunc && s.check_probe_offset(f.offset).is_ok())
-            .map(|f| f.offset)
-    }) else {
-        return false;
-    };
-    let me = i32::try_from(std::process::id()).ok();
-    perf::open_probe(pmu.type_, 0, c"/proc/self/exe", offset, me).is_ok()
 }
 
 #[cfg(test)]

@@ -4,8 +4,10 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::path::Path;
 
 use crate::backend::Backend;
+use crate::elf::ElfSymbols;
 use crate::error::Error;
 use crate::kallsyms;
 use crate::pmu;
@@ -302,6 +304,43 @@ fn open_auto(spec: &ProbeSpec<'_>) -> Result<PerfEvent, Error> {
             None,
         )),
     }
+}
+
+/// Whether `kind`'s PMU opens a probe here (for `features::detect`): a kprobe on a
+/// function every kernel has, a uprobe on a function of this process's own executable, for
+/// this process only. Nothing is attached; the event is closed at once.
+pub(crate) fn pmu_opens(kind: ProbeKind) -> bool {
+    match kind {
+        ProbeKind::Kprobe => kprobe_pmu_opens(),
+        ProbeKind::Uprobe => uprobe_pmu_opens(),
+    }
+}
+
+fn kprobe_pmu_opens() -> bool {
+    let Some(pmu) = pmu::pmu(ProbeKind::Kprobe) else {
+        return false;
+    };
+    ["vfs_read", "ksys_read", "schedule"].iter().any(|symbol| {
+        let name = CString::new(*symbol).expect("no NUL");
+        perf::open_probe(pmu.type_, 0, &name, 0, None).is_ok()
+    })
+}
+
+fn uprobe_pmu_opens() -> bool {
+    let Some(pmu) = pmu::pmu(ProbeKind::Uprobe) else {
+        return false;
+    };
+    let exe = Path::new("/proc/self/exe");
+    let Some(offset) = ElfSymbols::load(exe).ok().and_then(|s| {
+        s.functions()
+            .iter()
+            .find(|f| f.size > 0 && !f.ifunc && s.check_probe_offset(f.offset).is_ok())
+            .map(|f| f.offset)
+    }) else {
+        return false;
+    };
+    let me = i32::try_from(std::process::id()).ok();
+    perf::open_probe(pmu.type_, 0, c"/proc/self/exe", offset, me).is_ok()
 }
 
 #[cfg(test)]
