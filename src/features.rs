@@ -137,24 +137,10 @@ fn takes(errno: Option<i32>) -> bool {
 /// A two-instruction kprobe program loaded for `expected_attach_type`, or `None` when
 /// this process (or this kernel) cannot load it.
 fn load(expected_attach_type: u32) -> Option<OwnedFd> {
-    let exit = [
-        Insn {
-            code: 0xb7,
-            regs: 0,
-            off: 0,
-            imm: 0,
-        },
-        Insn {
-            code: 0x95,
-            regs: 0,
-            off: 0,
-            imm: 0,
-        },
-    ];
     bpf::prog_load(
         bpf::BPF_PROG_TYPE_KPROBE,
         expected_attach_type,
-        &exit,
+        &bpf::RETURN_ZERO,
         c"GPL",
         "probeset_feat",
     )
@@ -163,27 +149,14 @@ fn load(expected_attach_type: u32) -> Option<OwnedFd> {
 
 /// Whether a program calling `bpf_get_attach_cookie` (helper 174) loads.
 fn cookie_helper() -> bool {
-    let insns = [
-        // r0 = bpf_get_attach_cookie(ctx); r0 = 0; exit
-        Insn {
-            code: 0x85,
-            regs: 0,
-            off: 0,
-            imm: 174,
-        },
-        Insn {
-            code: 0xb7,
-            regs: 0,
-            off: 0,
-            imm: 0,
-        },
-        Insn {
-            code: 0x95,
-            regs: 0,
-            off: 0,
-            imm: 0,
-        },
-    ];
+    // r0 = bpf_get_attach_cookie(ctx); then r0 = 0; exit.
+    let call = Insn {
+        code: 0x85,
+        regs: 0,
+        off: 0,
+        imm: 174,
+    };
+    let insns = [call, bpf::RETURN_ZERO[0], bpf::RETURN_ZERO[1]];
     bpf::prog_load(
         bpf::BPF_PROG_TYPE_KPROBE,
         0,

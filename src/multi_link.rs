@@ -268,10 +268,10 @@ pub(crate) fn create(
         } => {
             let addrs: Vec<u64> = members.iter().map(|m| m.offset).collect();
             let kind = attach_type(key);
-            let fd = bpf::link_create_kprobe_multi_addrs(
+            let fd = bpf::link_create_kprobe_multi(
                 prog,
                 kind,
-                &addrs,
+                bpf::KprobeTargets::Addresses(&addrs),
                 Some(&cookies),
                 flags(*ret),
             )
@@ -296,8 +296,14 @@ pub(crate) fn create(
                 .collect::<Result<_, _>>()?;
             let ptrs: Vec<&CStr> = names.iter().map(CString::as_c_str).collect();
             let kind = attach_type(key);
-            let fd = bpf::link_create_kprobe_multi(prog, kind, &ptrs, Some(&cookies), flags(*ret))
-                .map_err(|e| kprobe_multi_error(describe(key, members), e))?;
+            let fd = bpf::link_create_kprobe_multi(
+                prog,
+                kind,
+                bpf::KprobeTargets::Symbols(&ptrs),
+                Some(&cookies),
+                flags(*ret),
+            )
+            .map_err(|e| kprobe_multi_error(describe(key, members), e))?;
             Ok(Attached::multi(fd, link_kind(key), None))
         }
     }
@@ -422,7 +428,7 @@ pub(crate) fn probe_kprobe_multi(prog: BorrowedFd<'_>, session: bool) -> Option<
     } else {
         bpf::BPF_TRACE_KPROBE_MULTI
     };
-    bpf::link_create_kprobe_multi(prog, kind, &[sym], None, 0)
+    bpf::link_create_kprobe_multi(prog, kind, bpf::KprobeTargets::Symbols(&[sym]), None, 0)
         .err()
         .map(|e| e.raw_os_error().unwrap_or(0))
 }
@@ -459,7 +465,7 @@ pub(crate) fn create_kprobe_multi_raw(
     bpf::link_create_kprobe_multi(
         prog,
         bpf::BPF_TRACE_KPROBE_MULTI,
-        syms,
+        bpf::KprobeTargets::Symbols(syms),
         Some(cookies),
         flags(ret),
     )

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use crate::error::Error;
 use crate::link::LinkKind;
-use crate::sys::bpf::{self, Insn};
+use crate::sys::bpf;
 use crate::sys::perf;
 
 /// Set by `raw::force_perf_event_ioctl`: behave as a kernel without perf links.
@@ -27,26 +27,10 @@ pub(crate) fn kernel_has_perf_links() -> bool {
         return false;
     }
     *CACHE.get_or_init(|| {
-        let insns = [
-            // r0 = 0
-            Insn {
-                code: 0xb7,
-                regs: 0,
-                off: 0,
-                imm: 0,
-            },
-            // exit
-            Insn {
-                code: 0x95,
-                regs: 0,
-                off: 0,
-                imm: 0,
-            },
-        ];
         match bpf::prog_load(
             bpf::BPF_PROG_TYPE_KPROBE,
             0,
-            &insns,
+            &bpf::RETURN_ZERO,
             c"GPL",
             "probeset_probe",
         ) {

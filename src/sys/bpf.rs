@@ -165,49 +165,31 @@ struct KprobeMultiTail {
     cookies: u64,
 }
 
+/// The targets of a kprobe multi link: kernel symbol names, or kernel text addresses.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum KprobeTargets<'a> {
+    Symbols(&'a [&'a CStr]),
+    Addresses(&'a [u64]),
+}
+
 /// Creates a kprobe multi link (`attach_type` `BPF_TRACE_KPROBE_MULTI` or
-/// `BPF_TRACE_KPROBE_SESSION`) on `syms`, with one cookie per symbol (or none).
+/// `BPF_TRACE_KPROBE_SESSION`) on `targets`, with one cookie per target (or none).
 pub(crate) fn link_create_kprobe_multi(
     prog: BorrowedFd<'_>,
     attach_type: u32,
-    syms: &[&CStr],
+    targets: KprobeTargets<'_>,
     cookies: Option<&[u64]>,
     flags: u32,
 ) -> io::Result<OwnedFd> {
-    if cookies.is_some_and(|c| c.len() != syms.len()) {
-        return Err(io::Error::from_raw_os_error(libc::EINVAL));
-    }
-    let ptrs: Vec<u64> = syms.iter().map(|s| s.as_ptr() as u64).collect();
-    let mut attr = LinkCreateAttr {
-        prog_fd: fd_u32(prog),
-        target_fd: 0,
-        attach_type,
-        flags: 0,
-        tail: KprobeMultiTail {
-            flags,
-            cnt: u32::try_from(syms.len())
-                .map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
-            syms: ptrs.as_ptr() as u64,
-            addrs: 0,
-            cookies: cookies.map_or(0, |c| c.as_ptr() as u64),
-        },
+    let (cnt, ptrs, addrs) = match targets {
+        KprobeTargets::Symbols(syms) => (
+            syms.len(),
+            syms.iter().map(|s| s.as_ptr() as u64).collect::<Vec<u64>>(),
+            0,
+        ),
+        KprobeTargets::Addresses(addrs) => (addrs.len(), Vec::new(), addrs.as_ptr() as u64),
     };
-    // SAFETY: `attr` is the `link_create` member with the `kprobe_multi` tail; `syms` points
-    // to `cnt` pointers to NUL-terminated strings and `cookies` (if set) to `cnt` u64s, all
-    // borrowed (`ptrs`, `syms`, `cookies`) for the whole call. Returns a new link fd.
-    unsafe { bpf_fd(BPF_LINK_CREATE, &mut attr) }
-}
-
-/// Creates a kprobe multi link (`attach_type` as for [`link_create_kprobe_multi`]) on
-/// kernel text `addrs` (instead of names), with one cookie per address (or none).
-pub(crate) fn link_create_kprobe_multi_addrs(
-    prog: BorrowedFd<'_>,
-    attach_type: u32,
-    addrs: &[u64],
-    cookies: Option<&[u64]>,
-    flags: u32,
-) -> io::Result<OwnedFd> {
-    if cookies.is_some_and(|c| c.len() != addrs.len()) {
+    if cookies.is_some_and(|c| c.len() != cnt) {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
     let mut attr = LinkCreateAttr {
@@ -217,18 +199,38 @@ pub(crate) fn link_create_kprobe_multi_addrs(
         flags: 0,
         tail: KprobeMultiTail {
             flags,
-            cnt: u32::try_from(addrs.len())
-                .map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
-            syms: 0,
-            addrs: addrs.as_ptr() as u64,
+            cnt: u32::try_from(cnt).map_err(|_| io::Error::from_raw_os_error(libc::E2BIG))?,
+            syms: if ptrs.is_empty() {
+                0
+            } else {
+                ptrs.as_ptr() as u64
+            },
+            addrs,
             cookies: cookies.map_or(0, |c| c.as_ptr() as u64),
         },
     };
-    // SAFETY: `attr` is the `link_create` member with the `kprobe_multi` tail; `addrs` and
-    // `cookies` (if set) point to `cnt` u64s each (lengths checked above), borrowed for the
+    // SAFETY: `attr` is the `link_create` member with the `kprobe_multi` tail; `syms` (or
+    // `addrs`) points to `cnt` pointers to NUL-terminated strings (or `cnt` u64s) and
+    // `cookies` (if set) to `cnt` u64s, all borrowed (`ptrs`, `targets`, `cookies`) for the
     // whole call. Returns a new link fd.
     unsafe { bpf_fd(BPF_LINK_CREATE, &mut attr) }
 }
+
+/// A program that returns 0 (`r0 = 0; exit`): the smallest a feature probe loads.
+pub(crate) const RETURN_ZERO: [Insn; 2] = [
+    Insn {
+        code: 0xb7,
+        regs: 0,
+        off: 0,
+        imm: 0,
+    },
+    Insn {
+        code: 0x95,
+        regs: 0,
+        off: 0,
+        imm: 0,
+    },
+];
 
 #[repr(C)]
 struct UprobeMultiTail {
