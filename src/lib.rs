@@ -99,7 +99,7 @@ pub use uprobe::Uprobe;
 
 #[cfg(test)]
 mod contract {
-    //! The auto traits API.md promises.
+    //! The auto traits the public API promises.
     fn send_sync_static<T: Send + Sync + 'static>() {}
     fn send_static<T: Send + 'static>() {}
     fn clone_eq_hash_debug<T: Clone + Eq + std::hash::Hash + std::fmt::Debug>() {}
