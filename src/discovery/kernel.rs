@@ -137,7 +137,8 @@ pub async fn kernel_functions(glob: impl Into<String>) -> Result<KernelMatches, 
 /// parse a few ms) and keeps the function symbols (types `t`, `T`, `w`, `W`; not BPF
 /// programs, trampolines, or `__pfx_`/`__cfi_` stubs). Then:
 /// - a name listed more than once is skipped, `"ambiguous: N addresses"`: the kernel
-///   rejects a kprobe on it (attach such a function by address instead);
+///   rejects a kprobe on the name since 6.6 ([`Error::AmbiguousSymbol`] lists the
+///   candidates); attach each one with [`Kprobe::at_address`];
 /// - when tracefs is mounted and `available_filter_functions` readable, names missing from
 ///   it are skipped as not traceable;
 /// - when debugfs is mounted, names on the kprobe blacklist are skipped.
