@@ -351,14 +351,18 @@ impl Attached {
 struct ProgressLine {
     enabled: bool,
     last: Instant,
+    /// The count on the line now: the set reports the last one twice (attached, done).
+    shown: Option<usize>,
     stopped: Arc<AtomicBool>,
 }
 
 impl ProgressLine {
     fn update(&mut self, done: usize, total: usize) {
-        if !self.enabled || (done < total && self.last.elapsed() < Duration::from_millis(50)) {
+        let due = done == total || self.last.elapsed() >= Duration::from_millis(50);
+        if !self.enabled || !due || self.shown == Some(done) {
             return;
         }
+        self.shown = Some(done);
         self.last = Instant::now();
         let mut err = std::io::stderr().lock();
         if !self.stopped.load(Ordering::SeqCst) {
@@ -401,6 +405,7 @@ async fn attach_all(counter: &Counter, probes: &[Probe]) -> Result<Attached, Err
     let mut line = ProgressLine {
         enabled,
         last: Instant::now(),
+        shown: None,
         stopped: Arc::clone(&stopped),
     };
     let _guard = ProgressGuard {
