@@ -598,3 +598,80 @@ fn unsupported_prefixes_are_refused_in_one_line() {
         assert!(out.stdout.is_empty(), "{out:?}");
     }
 }
+
+#[test]
+fn kernel_patterns_list_without_kprobes() {
+    if !can_run("kernel_patterns_list_without_kprobes") {
+        return;
+    }
+    // Listing reads kallsyms: it works on a kernel without kprobes too.
+    for (args, expected) in [
+        (
+            &["-l", "-r", "^vfs_(read|write)$"][..],
+            &["vfs_read", "vfs_write"][..],
+        ),
+        (&["-l", "p:vfs_read"], &["vfs_read"]),
+    ] {
+        let out = run(args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let listed: Vec<&str> = stdout.lines().collect();
+        assert_eq!(listed, expected, "{args:?}: {stdout}");
+    }
+}
+
+/// Not a test of its own: the function `names_are_demangled` counts (by its demangled
+/// name) in the command it runs.
+#[test]
+fn child_runs_once() {
+    if std::env::var_os(CHILD_CALLS).is_some() {
+        std::hint::black_box(std::process::id());
+    }
+}
+
+#[test]
+fn names_are_demangled() {
+    if !can_run("names_are_demangled") {
+        return;
+    }
+    // The regular expression matches the demangled name; the row shows it, without the
+    // hash suffix of the Rust symbol.
+    let exe = std::env::current_exe().unwrap();
+    let pattern = format!("{}:::child_runs_once$", exe.display());
+    let out = run_with_child(&["-r", &pattern], "child_runs_once", 1);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        table_rows(&stdout),
+        [("funccount::child_runs_once".to_owned(), 1)],
+        "{stdout}"
+    );
+}
+
+#[test]
+fn skipped_functions_are_counted_per_reason() {
+    if !can_run("skipped_functions_are_counted_per_reason") {
+        return;
+    }
+    // libc's open64 is an alias of open (one address): skipped, and said so.
+    let out = run(&["-d", "0.1", "c:open*"]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("(-v lists them)"), "{stdout}");
+    assert!(
+        stdout.lines().any(
+            |l| l.trim_start().split_once("  ").is_some_and(|(n, reason)| {
+                n.parse::<u32>().is_ok() && reason == "alias of another name at the same address"
+            })
+        ),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("open64"),
+        "a count, not the list: {stdout}"
+    );
+    let out = run(&["-v", "-d", "0.1", "c:open*"]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("  open64: alias of open\n"), "{stdout}");
+}
