@@ -446,6 +446,11 @@ fn json_is_one_object_with_the_counts() {
     assert!(count("malloc").is_some_and(|n| n >= 2000), "{stdout}");
     assert_eq!(value["total"], true, "{stdout}");
     assert!(
+        value["mode"].as_str().is_some_and(|m| !m.is_empty()),
+        "{stdout}"
+    );
+    assert!(value["skipped"].is_object(), "{stdout}");
+    assert!(
         value["rows"]
             .as_array()
             .unwrap()

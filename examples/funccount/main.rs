@@ -878,7 +878,7 @@ async fn count(
                 let counts = s.counter.counts()?;
                 let delta: Vec<u64> = counts.iter().zip(&previous).map(|(c, p)| c - p).collect();
                 if options.json {
-                    emit(&output::json(&labels, &delta, &Vec::new(), started.elapsed(), false))?;
+                    emit(&output::json(&labels, &delta, &Vec::new(), started.elapsed(), None))?;
                 } else {
                     let stamp = if options.timestamp { format!("{} ", output::clock()) } else { String::new() };
                     emit(&format!("\n{stamp}[{:.1} s]\n", started.elapsed().as_secs_f64()))?;
@@ -892,19 +892,33 @@ async fn count(
     if let Some(note) = status_note {
         out.info(&note)?;
     }
-    print_total(options, &labels, &counts, &expected, started.elapsed())
+    print_total(s, &labels, &counts, &expected, started.elapsed())
 }
 
 /// The final table (or JSON object), over the whole run.
 fn print_total(
-    options: &Options,
+    s: &Session<'_>,
     labels: &[&str],
     counts: &[u64],
     expected: &Expected,
     elapsed: Duration,
 ) -> Result<(), Failure> {
+    let options = s.options;
     if options.json {
-        return emit(&output::json(labels, counts, expected, elapsed, true));
+        let about = serde_json::json!({
+            "tracing": s.resolved.description,
+            "scope": s.scope,
+            "ret": options.ret,
+            "mode": s.attached.mode(),
+            "skipped": output::per_reason(&s.resolved.skipped),
+        });
+        return emit(&output::json(
+            labels,
+            counts,
+            expected,
+            elapsed,
+            Some(about),
+        ));
     }
     let mut head = String::from("\n");
     if options.timestamp {

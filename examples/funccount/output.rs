@@ -148,14 +148,16 @@ pub fn table(labels: &[&str], counts: &[u64], expected: &Expected) -> String {
     out
 }
 
-/// The same counts as one JSON object on one line.
+/// The same counts as one JSON object on one line; the final one (`total`) also says
+/// what was traced (`about`'s fields).
 pub fn json(
     labels: &[&str],
     counts: &[u64],
     expected: &Expected,
     elapsed: Duration,
-    last: bool,
+    about: Option<serde_json::Value>,
 ) -> String {
+    let last = about.is_some();
     let rows: Vec<serde_json::Value> = rows(labels, counts)
         .into_iter()
         .map(|(label, count)| {
@@ -168,12 +170,15 @@ pub fn json(
             row
         })
         .collect();
-    let value = serde_json::json!({
+    let mut value = serde_json::json!({
         "total": last,
         "elapsed_s": elapsed.as_secs_f64(),
         "functions": labels.len(),
         "rows": rows,
     });
+    if let (Some(serde_json::Value::Object(about)), Some(object)) = (about, value.as_object_mut()) {
+        object.extend(about);
+    }
     format!("{value}\n")
 }
 
@@ -188,6 +193,15 @@ fn reason_kind(reason: &str) -> &str {
     }
 }
 
+/// How many functions were skipped for each reason.
+pub fn per_reason(skipped: &[(String, String)]) -> BTreeMap<&str, usize> {
+    let mut per: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, reason) in skipped {
+        *per.entry(reason_kind(reason)).or_default() += 1;
+    }
+    per
+}
+
 /// The skipped functions: a count per reason, or with `verbose` each one with its reason.
 pub fn skipped(skipped: &[(String, String)], verbose: bool) -> String {
     let mut out = String::new();
@@ -200,12 +214,8 @@ pub fn skipped(skipped: &[(String, String)], verbose: bool) -> String {
             let _ = writeln!(out, "  {}: {reason}", names::demangle(name));
         }
     } else {
-        let mut per: BTreeMap<&str, usize> = BTreeMap::new();
-        for (_, reason) in skipped {
-            *per.entry(reason_kind(reason)).or_default() += 1;
-        }
         let _ = writeln!(out, "skipped {} (-v lists them):", skipped.len());
-        for (reason, n) in per {
+        for (reason, n) in per_reason(skipped) {
             let _ = writeln!(out, "  {n:>6}  {reason}");
         }
     }
