@@ -261,13 +261,20 @@ fn kprobe_pattern_counts_a_commands_syscalls() {
         );
         return;
     }
-    let out = run_with_child(&["__x64_sys_getppid"], "child_calls_getppid", 123);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{out:?}");
-    assert!(
-        count_of(&stdout, "__x64_sys_getppid").is_some_and(|n| n >= 123),
-        "{stdout}"
-    );
+    // The glob, bcc's p: prefix, and a regular expression name the same function.
+    for args in [
+        &["__x64_sys_getppid"][..],
+        &["p:__x64_sys_getppid"],
+        &["-r", "^__x64_sys_getppid$"],
+    ] {
+        let out = run_with_child(args, "child_calls_getppid", 123);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        assert!(
+            count_of(&stdout, "__x64_sys_getppid").is_some_and(|n| n >= 123),
+            "{args:?}: {stdout}"
+        );
+    }
 }
 
 #[test]
