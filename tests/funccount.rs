@@ -261,13 +261,20 @@ fn kprobe_pattern_counts_a_commands_syscalls() {
         );
         return;
     }
-    let out = run_with_child(&["__x64_sys_getppid"], "child_calls_getppid", 123);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{out:?}");
-    assert!(
-        count_of(&stdout, "__x64_sys_getppid").is_some_and(|n| n >= 123),
-        "{stdout}"
-    );
+    // The glob, bcc's p: prefix, and a regular expression name the same function.
+    for args in [
+        &["__x64_sys_getppid"][..],
+        &["p:__x64_sys_getppid"],
+        &["-r", "^__x64_sys_getppid$"],
+    ] {
+        let out = run_with_child(args, "child_calls_getppid", 123);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        assert!(
+            count_of(&stdout, "__x64_sys_getppid").is_some_and(|n| n >= 123),
+            "{args:?}: {stdout}"
+        );
+    }
 }
 
 #[test]
@@ -288,4 +295,395 @@ fn bad_usage_exits_2_with_usage() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no function matches"), "{stderr}");
+}
+
+/// The function rows of a table: `(name, count)`, from the line after `FUNC` up to the
+/// first line that is not a row.
+fn table_rows(stdout: &str) -> Vec<(String, u64)> {
+    stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("FUNC"))
+        .skip(1)
+        .map_while(|l| {
+            let (name, count) = l.trim_end().rsplit_once(' ')?;
+            Some((name.trim().to_owned(), count.parse().ok()?))
+        })
+        .collect()
+}
+
+/// `funccount PATTERN | head -1`: the reader goes away after the first line while
+/// funccount has nothing more to write. It must notice, detach and exit 141 (the status
+/// a shell reports for a tool SIGPIPE ended) at once, without a panic.
+#[test]
+fn head_one_exits_quietly_and_detaches() {
+    use std::io::{BufRead as _, BufReader, Read as _};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    if !can_run("head_one_exits_quietly_and_detaches") {
+        return;
+    }
+    for args in [&["c:getppid"][..], &["--per-probe", "c:getppid"], &[]] {
+        let mut child = Command::new(funccount())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run funccount");
+        let pid = child.id();
+        let mut first = String::new();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut first).unwrap();
+        assert!(first.starts_with("Tracing "), "{args:?}: {first}");
+        drop(stdout);
+        let closed = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if closed.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                panic!("{args:?}: funccount still runs 10 s after its stdout was closed");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        eprintln!(
+            "$ funccount {args:?} | head -1: {status:?} after {:?}\n{stderr}",
+            closed.elapsed()
+        );
+        assert_eq!(status.code(), Some(141), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("Broken pipe"), "{args:?}: {stderr}");
+        assert!(
+            common::our_events("uprobe_events", pid).is_empty(),
+            "{args:?}: tracefs events of funccount's pid are left"
+        );
+    }
+}
+
+#[test]
+fn a_command_that_cannot_run_is_an_error() {
+    if !can_run("a_command_that_cannot_run_is_an_error") {
+        return;
+    }
+    let out = run(&["c:getpid", "--", "/no/such/cmd"]);
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("funccount: cannot run /no/such/cmd: No such file or directory"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains("FUNC") && !stdout.contains("attach:"),
+        "{stdout}"
+    );
+    let out = run(&["c:getpid", "--", "probeset-no-such-command"]);
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not found in PATH"), "{stderr}");
+}
+
+#[test]
+fn regexp_matches_function_names() {
+    if !can_run("regexp_matches_function_names") {
+        return;
+    }
+    // -r is --regexp now (not --ret): only getpid and getppid match, anchored.
+    let out = run_with_child(&["-r", "c:^getp(p)?id$"], "child_calls_getppid", 77);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Tracing 2 functions"), "{stdout}");
+    assert_eq!(count_of(&stdout, "getppid"), Some(77), "{stdout}");
+    let rows = table_rows(&stdout);
+    assert!(!rows.is_empty(), "{stdout}");
+    for (name, _) in &rows {
+        assert!(name == "getpid" || name == "getppid", "{name}: {stdout}");
+    }
+    // The brief's example: both of libc's are IFUNCs, so -l shows them skipped, and why.
+    let out = run(&["-l", "-r", "c:str(len|cmp)$"]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut lines: Vec<&str> = stdout.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0].starts_with("skipped strcmp: ifunc resolver"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with("skipped strlen: ifunc resolver"),
+        "{stdout}"
+    );
+    // Without -l, nothing to count is an error naming the skipped ones.
+    let out = run(&["-r", "c:str(len|cmp)$"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("2 skipped"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn json_is_one_object_with_the_counts() {
+    if !can_run("json_is_one_object_with_the_counts") {
+        return;
+    }
+    let out = run(&["--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "one object: {stdout}");
+    let value: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let count = |name: &str| {
+        value["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["function"] == name)
+            .and_then(|r| r["count"].as_u64())
+    };
+    assert_eq!(count("getpid"), Some(1001), "{stdout}");
+    assert_eq!(count("getuid"), Some(1000), "{stdout}");
+    assert!(count("malloc").is_some_and(|n| n >= 2000), "{stdout}");
+    assert_eq!(value["total"], true, "{stdout}");
+    assert!(
+        value["mode"].as_str().is_some_and(|m| !m.is_empty()),
+        "{stdout}"
+    );
+    assert!(value["skipped"].is_object(), "{stdout}");
+    assert!(
+        value["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["matches"] != false),
+        "{stdout}"
+    );
+    // The report's other lines go to stderr.
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("detach: "),
+        "{out:?}"
+    );
+
+    // The command shares funccount's stdout: the object is the last line.
+    let out = run_with_child(&["--json", "c:getppid"], "child_calls_getppid", 44);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    let value: serde_json::Value = serde_json::from_str(last).expect("JSON");
+    assert_eq!(value["rows"][0]["function"], "getppid", "{value}");
+    assert_eq!(value["rows"][0]["count"], 44, "{value}");
+}
+
+#[test]
+fn list_shows_the_functions_and_attaches_nothing() {
+    if !can_run("list_shows_the_functions_and_attaches_nothing") {
+        return;
+    }
+    let out = run(&["-l", "c:getp*id"]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let functions: Vec<&str> = stdout
+        .lines()
+        .filter(|l| !l.starts_with("skipped "))
+        .collect();
+    for name in ["getpid", "getppid", "getpgid"] {
+        assert!(functions.contains(&name), "{name}: {stdout}");
+    }
+    assert!(
+        functions
+            .iter()
+            .all(|f| f.starts_with("getp") && f.ends_with("id")),
+        "{stdout}"
+    );
+    for line in ["Tracing", "attach:", "detach:", "FUNC"] {
+        assert!(!stdout.contains(line), "{line}: {stdout}");
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nothing attached"), "{stderr}");
+    // -l runs no command either: one that does not exist is never looked for.
+    let out = run(&["-l", "--json", "c:getppid", "--", "/no/such/cmd"]);
+    assert!(out.status.success(), "{out:?}");
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        value["functions"],
+        serde_json::json!(["getppid"]),
+        "{value}"
+    );
+}
+
+/// `HH:MM:SS` at the start of `line`.
+fn starts_with_clock(line: &str) -> bool {
+    let b = line.as_bytes();
+    b.len() >= 8
+        && [0, 1, 3, 4, 6, 7].iter().all(|&i| b[i].is_ascii_digit())
+        && b[2] == b':'
+        && b[5] == b':'
+}
+
+#[test]
+fn timestamps_with_intervals() {
+    if !can_run("timestamps_with_intervals") {
+        return;
+    }
+    let out = run(&["-T", "-i", "0.3", "-d", "1", "c:getppid"]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stamped: Vec<&str> = stdout.lines().filter(|l| starts_with_clock(l)).collect();
+    assert!(stamped.len() >= 3, "intervals and the total: {stdout}");
+    assert!(stamped[0].ends_with("[0.3 s]"), "{stdout}");
+    assert!(
+        stamped.last().unwrap()[9..].starts_with("Total over "),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn option_spellings() {
+    use std::time::{Duration, Instant};
+    if !can_run("option_spellings") {
+        return;
+    }
+    for duration in [
+        &["-d1"][..],
+        &["-d", "1"],
+        &["--duration=1"],
+        &["--duration", "1"],
+    ] {
+        let mut args = duration.to_vec();
+        args.push("c:getppid");
+        let start = Instant::now();
+        let out = run(&args);
+        let took = start.elapsed();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        assert!(
+            took >= Duration::from_secs(1) && took < Duration::from_secs(8),
+            "{args:?}: {took:?}"
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("FUNC"),
+            "{args:?}"
+        );
+    }
+    let me = std::process::id().to_string();
+    let glued = format!("-p{me}");
+    for pid in [&[glued.as_str()][..], &["-p", &me], &["--pid", &me]] {
+        let mut args = pid.to_vec();
+        args.extend(["-d", "0.2", "c:getppid"]);
+        let out = run(&args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(&format!(" in pid {me}.")),
+            "{args:?}: {stdout}"
+        );
+    }
+    // bcc's p: prefix names the same functions.
+    let out = run_with_child(&["p:c:getppid"], "child_calls_getppid", 19);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        count_of(&String::from_utf8_lossy(&out.stdout), "getppid"),
+        Some(19)
+    );
+}
+
+#[test]
+fn unsupported_prefixes_are_refused_in_one_line() {
+    for (pattern, prefix) in [
+        ("t:sched:sched_fork", "t: (tracepoint)"),
+        ("u:node:gc*", "u: (USDT probe)"),
+    ] {
+        let out = run(&[pattern]);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!("the {prefix} prefix is not supported")),
+            "{stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{out:?}");
+    }
+}
+
+#[test]
+fn kernel_patterns_list_without_kprobes() {
+    if !can_run("kernel_patterns_list_without_kprobes") {
+        return;
+    }
+    // Listing reads kallsyms: it works on a kernel without kprobes too.
+    for (args, expected) in [
+        (
+            &["-l", "-r", "^vfs_(read|write)$"][..],
+            &["vfs_read", "vfs_write"][..],
+        ),
+        (&["-l", "p:vfs_read"], &["vfs_read"]),
+    ] {
+        let out = run(args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let listed: Vec<&str> = stdout.lines().collect();
+        assert_eq!(listed, expected, "{args:?}: {stdout}");
+    }
+}
+
+/// Not a test of its own: the function `names_are_demangled` counts (by its demangled
+/// name) in the command it runs.
+#[test]
+fn child_runs_once() {
+    if std::env::var_os(CHILD_CALLS).is_some() {
+        std::hint::black_box(std::process::id());
+    }
+}
+
+#[test]
+fn names_are_demangled() {
+    if !can_run("names_are_demangled") {
+        return;
+    }
+    // The regular expression matches the demangled name; the row shows it, without the
+    // hash suffix of the Rust symbol.
+    let exe = std::env::current_exe().unwrap();
+    let pattern = format!("{}:::child_runs_once$", exe.display());
+    let out = run_with_child(&["-r", &pattern], "child_runs_once", 1);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        table_rows(&stdout),
+        [("funccount::child_runs_once".to_owned(), 1)],
+        "{stdout}"
+    );
+}
+
+#[test]
+fn skipped_functions_are_counted_per_reason() {
+    if !can_run("skipped_functions_are_counted_per_reason") {
+        return;
+    }
+    // libc's open64 is an alias of open (one address): skipped, and said so.
+    let out = run(&["-d", "0.1", "c:open*"]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("(-v lists them)"), "{stdout}");
+    assert!(
+        stdout.lines().any(
+            |l| l.trim_start().split_once("  ").is_some_and(|(n, reason)| {
+                n.parse::<u32>().is_ok() && reason == "alias of another name at the same address"
+            })
+        ),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("open64"),
+        "a count, not the list: {stdout}"
+    );
+    let out = run(&["-v", "-d", "0.1", "c:open*"]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("  open64: alias of open\n"), "{stdout}");
 }

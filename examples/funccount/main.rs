@@ -3,16 +3,26 @@
 //! counting program (no BPF toolchain needed).
 //!
 //! ```text
-//! funccount [-p PID] [-d SECONDS] [-i INTERVAL] [--ret] PATTERN... [-- COMMAND ARGS]
+//! funccount [-r] [-p PID] [-d SECONDS] [-i INTERVAL [-T]] [-l] [-v] [--json] [--ret]
+//!           PATTERN... [-- COMMAND ARGS]
 //! ```
 //!
-//! - `PATTERN`: `vfs_*` (kernel functions), `c:str*`, `LIB:GLOB` or `/path/to/bin:GLOB`
-//!   (user-space functions; `LIB` as `c`, `libc`, `libssl.so.3`).
+//! - `PATTERN`: `vfs_*` or `p:vfs_*` (kernel functions), `c:str*`, `LIB:GLOB`,
+//!   `/path/to/bin:GLOB` or `p:LIB:GLOB` (user-space functions; `LIB` as `c`, `libc`,
+//!   `libssl.so.3`); with `-r` the part after the library is a regular expression.
+//!   bcc's `t:` (tracepoints) and `u:` (USDT probes) are refused.
 //! - `-p PID`: count only in that process (user-space patterns).
 //! - `-- COMMAND ARGS`: run the command and count only in it (it is started stopped, the
 //!   probes are attached with its pid, then it runs; its children are not counted).
-//! - `-d SECONDS`: stop after that long; `-i INTERVAL`: print the counts of every interval.
+//! - `-d SECONDS`: stop after that long; `-i INTERVAL`: print the counts of every interval;
+//!   `-T`: with the time of day.
+//! - `-l`: list what would be attached (and what is skipped, and why); attach nothing.
+//! - `--json`: the table as one JSON object on stdout (the other lines go to stderr).
 //! - `--ret`: return probes instead of entry probes.
+//!
+//! Names are demangled (Rust, C++) and cut to 60 characters. Output into a pipe whose
+//! reader has gone (`| head -1`) stops funccount quietly: it detaches and exits 141, the
+//! status a shell reports for a tool that SIGPIPE ended.
 //!
 //! With no arguments it counts ~35 common C library functions while a short built-in
 //! workload calls them (in this process), and shows how many calls it expected.
@@ -20,33 +30,31 @@
 //!
 //! Run it as root: `cargo run --release --example funccount`.
 
-use std::ffi::OsString;
+mod cli;
+mod names;
+mod output;
+
+use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::io::{IsTerminal as _, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cli::{Cli, Options, Spec};
 use nix::sys::signal::{self, Signal};
 use nix::sys::wait::{self, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use output::{duration, emit, plural, Expected, Out};
 use probeset::counter::{Counter, Flavour};
-use probeset::discovery::{self, Pattern};
+use probeset::discovery;
 use probeset::{Error, Probe, ProbeSet, ProgramKind};
 use tokio::signal::unix::{signal as unix_signal, SignalKind};
-
-const USAGE: &str = "\
-usage: funccount [-p PID] [-d SECONDS] [-i INTERVAL] [--ret] PATTERN... [-- COMMAND ARGS]
-  PATTERN      vfs_* (kernel), c:str* | LIB:GLOB | /path/to/bin:GLOB (user space)
-  -p PID       count only in process PID (user-space patterns)
-  -d SECONDS   stop after SECONDS
-  -i INTERVAL  print the counts every INTERVAL seconds
-  --ret        count returns (uretprobes/kretprobes) instead of entries
-  --per-probe  use the plain program: one perf-event link per probe (slow to detach)
-  -- COMMAND   run COMMAND and count only in it
-With no arguments: common C library functions, counted while a built-in workload runs.";
 
 /// The hidden first argument that makes this binary the stopped launcher of a command.
 const LAUNCH_ARG: &str = "--funccount-launch-stopped";
@@ -96,75 +104,6 @@ const DEFAULT_FUNCTIONS: &[&str] = &[
 /// Iterations of the built-in workload.
 const WORKLOAD_ITERATIONS: u64 = 1000;
 
-// --- command line ------------------------------------------------------------------------
-
-#[derive(Debug, Default, PartialEq)]
-struct Options {
-    pid: Option<i32>,
-    duration: Option<Duration>,
-    interval: Option<Duration>,
-    ret: bool,
-    per_probe: bool,
-    patterns: Vec<String>,
-    command: Vec<OsString>,
-}
-
-#[derive(Debug, PartialEq)]
-enum Cli {
-    Run(Options),
-    Help,
-}
-
-fn seconds(flag: &str, value: Option<OsString>) -> Result<Duration, String> {
-    let value = value.ok_or_else(|| format!("{flag} needs a number of seconds"))?;
-    let text = value.to_string_lossy();
-    text.parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("{flag} {text:?}: not a positive number of seconds"))
-}
-
-fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Cli, String> {
-    let mut options = Options::default();
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let Some(text) = arg.to_str() else {
-            return Err(format!("{arg:?}: not UTF-8"));
-        };
-        match text {
-            "-h" | "--help" => return Ok(Cli::Help),
-            "--" => {
-                options.command = args.by_ref().collect();
-                if options.command.is_empty() {
-                    return Err("-- must be followed by a command".to_owned());
-                }
-            }
-            "-p" | "--pid" => {
-                let value = args.next().ok_or("-p needs a pid")?;
-                let pid = value
-                    .to_str()
-                    .and_then(|v| v.parse::<i32>().ok())
-                    .filter(|p| *p > 0)
-                    .ok_or_else(|| format!("-p {value:?}: not a pid"))?;
-                options.pid = Some(pid);
-            }
-            "-d" | "--duration" => options.duration = Some(seconds("-d", args.next())?),
-            "-i" | "--interval" => options.interval = Some(seconds("-i", args.next())?),
-            "--ret" | "-r" => options.ret = true,
-            "--per-probe" => options.per_probe = true,
-            flag if flag.starts_with('-') && flag.len() > 1 => {
-                return Err(format!("unknown option {flag}"))
-            }
-            pattern => options.patterns.push(pattern.to_owned()),
-        }
-    }
-    if options.pid.is_some() && !options.command.is_empty() {
-        return Err("-p and -- COMMAND exclude each other: the command's pid is used".to_owned());
-    }
-    Ok(Cli::Run(options))
-}
-
 // --- failures ----------------------------------------------------------------------------
 
 /// Why funccount stops early, and with which exit code.
@@ -176,6 +115,10 @@ enum Failure {
     Failed(String),
     /// Ctrl-C before counting began: exit 130.
     Interrupted,
+    /// The command after `--` cannot run: its error, exit 127 (not found) or 126.
+    Command(String, u8),
+    /// stdout's reader has gone: nothing more is printed, exit 141 (128 + SIGPIPE).
+    BrokenPipe,
 }
 
 /// An error with its sources, on one line.
@@ -227,27 +170,51 @@ async fn resolve(options: &Options, user_pid: Option<i32>) -> Result<Resolved, F
         return Ok(resolved);
     }
     for text in &options.patterns {
-        match discovery::parse_pattern(text)? {
-            Pattern::Kernel { glob } => {
+        let spec = cli::parse_spec(text).map_err(Failure::Usage)?;
+        let regex = match &spec {
+            _ if !options.regexp => None,
+            Spec::Kernel(name) | Spec::User { name, .. } => Some(
+                regex_lite::Regex::new(name)
+                    .map_err(|e| Failure::Usage(format!("-r {text:?}: {e}")))?,
+            ),
+        };
+        // A regular expression matches the symbol as the binary has it or demangled.
+        let keep = |name: &str| {
+            regex
+                .as_ref()
+                .is_none_or(|r| r.is_match(name) || r.is_match(&names::demangle(name)))
+        };
+        match spec {
+            Spec::Kernel(glob) => {
                 if options.pid.is_some() {
                     return Err(Failure::Usage(format!(
                         "-p does not apply to kernel pattern {text:?}: kprobes count in every process"
                     )));
                 }
-                let found = discovery::kernel_functions(glob).await?;
-                if found.functions.is_empty() {
+                let glob = if regex.is_some() {
+                    "*"
+                } else {
+                    discovery::parse_pattern(glob)?;
+                    glob
+                };
+                let mut found = discovery::kernel_functions(glob).await?;
+                found.functions.retain(|f| keep(&f.name));
+                found.skipped.retain(|(name, _)| keep(name));
+                if found.functions.is_empty() && !options.list {
                     return Err(no_match(text, &found.skipped));
                 }
                 resolved.add_kernel(&found, options.ret);
             }
-            Pattern::User { target, glob } => {
-                let found = discovery::user_functions(target, glob, user_pid).await?;
-                if found.functions.is_empty() {
+            Spec::User { target, name } => {
+                let glob = if regex.is_some() { "*" } else { name };
+                let mut found = discovery::user_functions(target, glob, user_pid).await?;
+                found.functions.retain(|f| keep(&f.name));
+                found.skipped.retain(|(name, _)| keep(name));
+                if found.functions.is_empty() && !options.list {
                     return Err(no_match(text, &found.skipped));
                 }
                 resolved.add_user(&found, options.ret);
             }
-            other => return Err(Failure::Usage(format!("unsupported pattern {other}"))),
         }
     }
     resolved.description = options.patterns.join(" ");
@@ -313,8 +280,9 @@ impl Resolved {
         let single = self.binaries.len() <= 1;
         for t in &mut self.targets {
             if let Some((binary, name)) = t.label.split_once('\u{0}') {
+                let name = names::demangle(name);
                 t.label = if single {
-                    name.to_owned()
+                    name
                 } else {
                     let file = Path::new(binary)
                         .file_name()
@@ -379,33 +347,46 @@ impl Attached {
 }
 
 /// Shows `attached N/M` on stderr while a large set attaches, when stderr is a terminal.
+/// Once `stopped` is set (under the stderr lock) it writes nothing more.
 struct ProgressLine {
     enabled: bool,
     last: Instant,
+    /// The count on the line now: the set reports the last one twice (attached, done).
+    shown: Option<usize>,
+    stopped: Arc<AtomicBool>,
 }
 
 impl ProgressLine {
-    fn new(total: usize) -> ProgressLine {
-        ProgressLine {
-            enabled: std::io::stderr().is_terminal() && total > 1,
-            last: Instant::now(),
-        }
-    }
-
     fn update(&mut self, done: usize, total: usize) {
-        if self.enabled && (done == total || self.last.elapsed() > Duration::from_millis(50)) {
-            self.last = Instant::now();
-            let mut err = std::io::stderr().lock();
+        let due = done == total || self.last.elapsed() >= Duration::from_millis(50);
+        if !self.enabled || !due || self.shown == Some(done) {
+            return;
+        }
+        self.shown = Some(done);
+        self.last = Instant::now();
+        let mut err = std::io::stderr().lock();
+        if !self.stopped.load(Ordering::SeqCst) {
             let _ = write!(err, "\rattached {done}/{total}");
-            if done == total {
-                let _ = writeln!(err);
-            }
         }
     }
+}
 
-    fn clear(&self) {
+/// Ends the progress line when the attach ends, however it ends (done, failed, or
+/// cancelled by Ctrl-C): stops the task that draws it and clears the line, so that neither
+/// the last count nor a late update is left on the screen.
+struct ProgressGuard {
+    task: tokio::task::JoinHandle<()>,
+    enabled: bool,
+    stopped: Arc<AtomicBool>,
+}
+
+impl Drop for ProgressGuard {
+    fn drop(&mut self) {
+        let mut err = std::io::stderr().lock();
+        self.stopped.store(true, Ordering::SeqCst);
+        self.task.abort();
         if self.enabled {
-            let _ = write!(std::io::stderr().lock(), "\r\x1b[K");
+            let _ = write!(err, "\r\x1b[K");
         }
     }
 }
@@ -419,20 +400,29 @@ async fn attach_all(counter: &Counter, probes: &[Probe]) -> Result<Attached, Err
     let mut set = ProbeSet::new(counter)?;
     // The progress line follows the set's progress channel.
     let mut rx = set.progress();
-    let shower = tokio::spawn(async move {
-        let mut line = ProgressLine::new(total);
-        while rx.changed().await.is_ok() {
-            let p = rx.borrow_and_update().clone();
-            line.update(p.attached, total);
-            if p.done {
-                line.clear();
-                break;
+    let stopped = Arc::new(AtomicBool::new(false));
+    let enabled = std::io::stderr().is_terminal() && total > 1;
+    let mut line = ProgressLine {
+        enabled,
+        last: Instant::now(),
+        shown: None,
+        stopped: Arc::clone(&stopped),
+    };
+    let _guard = ProgressGuard {
+        task: tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let p = rx.borrow_and_update().clone();
+                line.update(p.attached, total);
+                if p.done {
+                    break;
+                }
             }
-        }
-    });
-    let result = set.attach(probes.iter().cloned()).await;
-    shower.abort();
-    result.map(|()| Attached { set })
+        }),
+        enabled,
+        stopped,
+    };
+    set.attach(probes.iter().cloned()).await?;
+    Ok(Attached { set })
 }
 
 /// The counter flavours to try, best first: a multi-link program where the probes allow
@@ -518,8 +508,42 @@ fn launch_stopped(command: &[OsString]) -> ExitCode {
     ExitCode::from(127)
 }
 
+/// The program `command` runs, found as `execvp` finds it; a program that cannot run is
+/// [`Failure::Command`] with the shell's status (127 not found, 126 not executable), so that
+/// funccount never counts a launcher that could not become the command.
+fn find_program(program: &OsStr) -> Result<PathBuf, Failure> {
+    let name = program.to_string_lossy();
+    let check = |path: &Path| -> Result<PathBuf, Failure> {
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(path.to_owned()),
+            Ok(_) => Err(Failure::Command(
+                format!("cannot run {name}: Permission denied (not an executable file)"),
+                126,
+            )),
+            Err(e) => Err(Failure::Command(format!("cannot run {name}: {e}"), 127)),
+        }
+    };
+    if name.contains('/') {
+        return check(Path::new(program));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+        .map_or_else(
+            || {
+                Err(Failure::Command(
+                    format!("cannot run {name}: command not found in PATH"),
+                    127,
+                ))
+            },
+            |found| check(&found),
+        )
+}
+
 /// Starts the command stopped (through the launcher) and waits until it has stopped.
 async fn spawn_stopped(command: &[OsString]) -> Result<tokio::process::Child, Failure> {
+    find_program(&command[0])?;
     let me = std::env::current_exe()
         .map_err(|e| Failure::Failed(format!("cannot find my own executable: {e}")))?;
     let mut child = tokio::process::Command::new(me)
@@ -567,10 +591,6 @@ fn child_pid(child: &tokio::process::Child) -> Result<Pid, Failure> {
 
 // --- the built-in workload ---------------------------------------------------------------
 
-/// What the workload calls, and how often: `(function, calls, exact)`; not exact means
-/// "at least" (the runtime and std call these too).
-type Expected = Vec<(&'static str, u64, bool)>;
-
 /// Calls common libc functions a known number of times, through safe wrappers.
 fn workload(iterations: u64) -> Expected {
     let me = nix::unistd::getpid();
@@ -616,70 +636,60 @@ fn workload(iterations: u64) -> Expected {
     ]
 }
 
-// --- output ------------------------------------------------------------------------------
-
-fn print_table(targets: &[Target], counts: &[u64], expected: &Expected) {
-    let mut rows: Vec<(&str, u64)> = targets
-        .iter()
-        .zip(counts)
-        .filter(|(_, c)| **c > 0)
-        .map(|(t, c)| (t.label.as_str(), *c))
-        .collect();
-    rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-    let width = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0).max(8);
-    let mut out = String::new();
-    if expected.is_empty() {
-        let _ = writeln!(out, "{:<width$} {:>12}", "FUNC", "COUNT");
-    } else {
-        let _ = writeln!(out, "{:<width$} {:>12} {:>10}", "FUNC", "COUNT", "EXPECTED");
-    }
-    for (label, count) in &rows {
-        let _ = write!(out, "{label:<width$} {count:>12}");
-        if let Some((_, n, exact)) = expected.iter().find(|(f, _, _)| f == label) {
-            let text = if *exact {
-                n.to_string()
-            } else {
-                format!(">={n}")
-            };
-            let mark = if (*exact && count == n) || (!*exact && count >= n) {
-                ""
-            } else {
-                "  MISMATCH"
-            };
-            let _ = write!(out, " {text:>10}{mark}");
-        }
-        out.push('\n');
-    }
-    let silent = targets.len() - rows.len();
-    if silent > 0 {
-        let _ = writeln!(out, "({silent} of {} functions not called)", targets.len());
-    }
-    print!("{out}");
-}
-
-fn plural(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
-}
-
-fn millis(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
-
 // --- main --------------------------------------------------------------------------------
+
+/// SIGINT and SIGTERM, and stdout's reader going away.
+struct Stops {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    stdout_closed: Arc<tokio::sync::Notify>,
+}
+
+/// What ended the counting.
+enum Stop {
+    Signal,
+    StdoutClosed,
+}
+
+impl Stops {
+    fn new() -> Result<Stops, Failure> {
+        Ok(Stops {
+            interrupt: unix_signal(SignalKind::interrupt())
+                .map_err(|e| Failure::Failed(format!("cannot handle SIGINT: {e}")))?,
+            terminate: unix_signal(SignalKind::terminate())
+                .map_err(|e| Failure::Failed(format!("cannot handle SIGTERM: {e}")))?,
+            stdout_closed: output::stdout_closed(),
+        })
+    }
+
+    async fn next(&mut self) -> Stop {
+        tokio::select! {
+            _ = self.interrupt.recv() => Stop::Signal,
+            _ = self.terminate.recv() => Stop::Signal,
+            () = self.stdout_closed.notified() => Stop::StdoutClosed,
+        }
+    }
+}
+
+/// What `run` has set up for the counting.
+struct Session<'a> {
+    options: &'a Options,
+    resolved: &'a Resolved,
+    counter: &'a Counter,
+    attached: &'a Attached,
+    attach_time: Duration,
+    scope: String,
+    builtin: bool,
+    out: Out,
+}
 
 #[expect(
     clippy::too_many_lines,
     reason = "the command's steps (resolve, attach, run, count, detach) read top to bottom"
 )]
 async fn run(options: Options) -> Result<(), Failure> {
-    let mut interrupt = unix_signal(SignalKind::interrupt())
-        .map_err(|e| Failure::Failed(format!("cannot handle SIGINT: {e}")))?;
-    let mut terminate = unix_signal(SignalKind::terminate())
-        .map_err(|e| Failure::Failed(format!("cannot handle SIGTERM: {e}")))?;
+    let mut stops = Stops::new()?;
+    let out = Out { json: options.json };
 
     let builtin = options.patterns.is_empty()
         && options.command.is_empty()
@@ -690,6 +700,20 @@ async fn run(options: Options) -> Result<(), Failure> {
 
     let mut resolved = resolve(&options, user_pid).await?;
     resolved.finish_labels();
+    if options.list {
+        let labels: Vec<&str> = resolved.targets.iter().map(|t| t.label.as_str()).collect();
+        if options.json {
+            emit(&output::listing_json(&labels, &resolved.skipped))?;
+        } else {
+            emit(&output::listing(&labels, &resolved.skipped))?;
+        }
+        eprintln!(
+            "funccount: {}, {} skipped; nothing attached",
+            plural(labels.len(), "function"),
+            resolved.skipped.len()
+        );
+        return Ok(());
+    }
     if resolved.targets.is_empty() {
         return Err(Failure::Failed("nothing to probe".to_owned()));
     }
@@ -703,8 +727,10 @@ async fn run(options: Options) -> Result<(), Failure> {
 
     let attached = tokio::select! {
         r = load_and_attach(&resolved, options.per_probe) => r,
-        _ = interrupt.recv() => Err(Failure::Interrupted),
-        _ = terminate.recv() => Err(Failure::Interrupted),
+        stop = stops.next() => Err(match stop {
+            Stop::Signal => Failure::Interrupted,
+            Stop::StdoutClosed => Failure::BrokenPipe,
+        }),
     };
     let (counter, attached, attach_time) = match attached {
         Ok(a) => a,
@@ -713,14 +739,16 @@ async fn run(options: Options) -> Result<(), Failure> {
                 let _ = c.start_kill();
                 let _ = c.wait().await;
             }
-            if matches!(e, Failure::Interrupted) {
+            if matches!(e, Failure::Interrupted | Failure::BrokenPipe) {
                 // Whatever the cancelled attach had created is released in the background;
                 // perf-event links take ~0.1 s each. A second Ctrl-C stops waiting (the
                 // kernel releases the rest as this process exits).
-                eprintln!("funccount: interrupted; detaching what was attached (Ctrl-C again to skip the wait)");
+                if matches!(e, Failure::Interrupted) {
+                    eprintln!("funccount: interrupted; detaching what was attached (Ctrl-C again to skip the wait)");
+                }
                 tokio::select! {
                     () = probeset::cleanup::wait_idle() => {}
-                    _ = interrupt.recv() => {}
+                    _ = stops.interrupt.recv() => {}
                 }
             }
             return Err(e);
@@ -733,50 +761,90 @@ async fn run(options: Options) -> Result<(), Failure> {
         (None, None, true) => format!("this process (pid {own_pid}), built-in workload"),
         (None, None, false) => "all processes".to_owned(),
     };
-    println!(
-        "Tracing {} ({}){} in {scope}.",
-        plural(resolved.targets.len(), "function"),
-        resolved.description,
+    let session = Session {
+        options: &options,
+        resolved: &resolved,
+        counter: &counter,
+        attached: &attached,
+        attach_time,
+        scope,
+        builtin,
+        out,
+    };
+    let report = count(&session, &mut stops, &mut child).await;
+    if report.is_err() {
+        // The command must not stay stopped (or run on uncounted) once funccount gives up.
+        if let Some(c) = child.as_mut() {
+            let _ = c.start_kill();
+            let _ = c.wait().await;
+        }
+    }
+
+    let n = attached.len();
+    let progress = std::io::stderr().is_terminal() && n > 1;
+    if progress {
+        eprint!("detaching {n} probes...");
+    }
+    let start = Instant::now();
+    let detached = attached.detach().await;
+    if progress {
+        eprint!("\r\x1b[K");
+    }
+    report?;
+    out.info(&format!(
+        "detach: {} for {}",
+        duration(start.elapsed()),
+        plural(n, "probe")
+    ))?;
+    detached.map_err(Failure::from)
+}
+
+/// Prints what is attached, runs the workload or the command, counts until the end, and
+/// prints the tables.
+async fn count(
+    s: &Session<'_>,
+    stops: &mut Stops,
+    child: &mut Option<tokio::process::Child>,
+) -> Result<(), Failure> {
+    let (options, out) = (s.options, s.out);
+    out.info(&format!(
+        "Tracing {} ({}){} in {}.",
+        plural(s.resolved.targets.len(), "function"),
+        s.resolved.description,
         if options.ret {
             ", counting returns"
         } else {
             ""
-        }
-    );
-    println!(
+        },
+        s.scope
+    ))?;
+    out.info(&format!(
         "attach: {} for {}, mode: {}",
-        millis(attach_time),
-        plural(attached.len(), "probe"),
-        attached.mode()
-    );
-    if !resolved.skipped.is_empty() {
-        let examples: Vec<String> = resolved
-            .skipped
-            .iter()
-            .take(3)
-            .map(|(n, r)| format!("{n} ({r})"))
-            .collect();
-        println!(
-            "skipped {}: {}{}",
-            resolved.skipped.len(),
-            examples.join(", "),
-            if resolved.skipped.len() > 3 {
-                ", ..."
-            } else {
-                ""
-            }
-        );
+        duration(s.attach_time),
+        plural(s.attached.len(), "probe"),
+        s.attached.mode()
+    ))?;
+    let skipped = output::skipped(&s.resolved.skipped, options.verbose);
+    if !skipped.is_empty() {
+        out.info(skipped.trim_end())?;
     }
 
+    let labels: Vec<&str> = s
+        .resolved
+        .targets
+        .iter()
+        .map(|t| t.label.as_str())
+        .collect();
     let started = Instant::now();
     let mut expected = Vec::new();
-    let mut workload_task =
-        builtin.then(|| tokio::task::spawn_blocking(|| workload(WORKLOAD_ITERATIONS)));
-    if let Some(c) = &child {
+    let mut workload_task = s
+        .builtin
+        .then(|| tokio::task::spawn_blocking(|| workload(WORKLOAD_ITERATIONS)));
+    if let Some(c) = child.as_ref() {
         signal::kill(child_pid(c)?, Signal::SIGCONT)
             .map_err(|e| Failure::Failed(format!("cannot continue the command: {e}")))?;
-    } else if !builtin && options.duration.is_none() {
-        println!("Hit Ctrl-C to end.");
+    } else if !s.builtin && options.duration.is_none() {
+        out.info("Hit Ctrl-C to end.")?;
     }
 
     let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
@@ -785,18 +853,21 @@ async fn run(options: Options) -> Result<(), Failure> {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t
     });
-    let mut previous = vec![0u64; resolved.targets.len()];
+    let mut previous = vec![0u64; s.resolved.targets.len()];
     let mut status_note = None;
     loop {
         tokio::select! {
-            _ = interrupt.recv() => break,
-            _ = terminate.recv() => break,
+            stop = stops.next() => match stop {
+                Stop::Signal => break,
+                Stop::StdoutClosed => return Err(Failure::BrokenPipe),
+            },
             () = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => break,
             status = async { child.as_mut().unwrap().wait().await }, if child.is_some() => {
                 status_note = Some(match status {
                     Ok(s) => format!("command exited: {s}"),
                     Err(e) => format!("command: {e}"),
                 });
+                *child = None;
                 break;
             }
             result = async { workload_task.as_mut().unwrap().await }, if workload_task.is_some() => {
@@ -804,41 +875,65 @@ async fn run(options: Options) -> Result<(), Failure> {
                 break;
             }
             _ = async { ticks.as_mut().unwrap().tick().await }, if ticks.is_some() => {
-                let counts = counter.counts()?;
+                let counts = s.counter.counts()?;
                 let delta: Vec<u64> = counts.iter().zip(&previous).map(|(c, p)| c - p).collect();
-                println!("\n[{:.1} s]", started.elapsed().as_secs_f64());
-                print_table(&resolved.targets, &delta, &Vec::new());
+                if options.json {
+                    emit(&output::json(&labels, &delta, &Vec::new(), started.elapsed(), None))?;
+                } else {
+                    let stamp = if options.timestamp { format!("{} ", output::clock()) } else { String::new() };
+                    emit(&format!("\n{stamp}[{:.1} s]\n", started.elapsed().as_secs_f64()))?;
+                    emit(&output::table(&labels, &delta, &Vec::new()))?;
+                }
                 previous = counts;
             }
         }
     }
-    let counts = counter.counts()?;
-    let elapsed = started.elapsed();
+    let counts = s.counter.counts()?;
     if let Some(note) = status_note {
-        println!("{note}");
+        out.info(&note)?;
+    }
+    print_total(s, &labels, &counts, &expected, started.elapsed())
+}
+
+/// The final table (or JSON object), over the whole run.
+fn print_total(
+    s: &Session<'_>,
+    labels: &[&str],
+    counts: &[u64],
+    expected: &Expected,
+    elapsed: Duration,
+) -> Result<(), Failure> {
+    let options = s.options;
+    if options.json {
+        let about = serde_json::json!({
+            "tracing": s.resolved.description,
+            "scope": s.scope,
+            "ret": options.ret,
+            "mode": s.attached.mode(),
+            "skipped": output::per_reason(&s.resolved.skipped),
+        });
+        return emit(&output::json(
+            labels,
+            counts,
+            expected,
+            elapsed,
+            Some(about),
+        ));
+    }
+    let mut head = String::from("\n");
+    if options.timestamp {
+        head.push_str(&output::clock());
+        head.push(if options.interval.is_some() {
+            ' '
+        } else {
+            '\n'
+        });
     }
     if options.interval.is_some() {
-        println!("\nTotal over {:.1} s:", elapsed.as_secs_f64());
-    } else {
-        println!();
+        let _ = writeln!(head, "Total over {:.1} s:", elapsed.as_secs_f64());
     }
-    print_table(&resolved.targets, &counts, &expected);
-
-    let n = attached.len();
-    if std::io::stderr().is_terminal() && n > 1 {
-        eprint!("detaching {n} probes...");
-    }
-    let start = Instant::now();
-    let detached = attached.detach().await;
-    if std::io::stderr().is_terminal() && n > 1 {
-        eprint!("\r\x1b[K");
-    }
-    println!(
-        "detach: {} for {}",
-        millis(start.elapsed()),
-        plural(n, "probe")
-    );
-    detached.map_err(Failure::from)
+    emit(&head)?;
+    emit(&output::table(labels, counts, expected))
 }
 
 fn main() -> ExitCode {
@@ -847,14 +942,14 @@ fn main() -> ExitCode {
         args.remove(0);
         return launch_stopped(&args);
     }
-    let options = match parse_args(args) {
+    let options = match cli::parse_args(args) {
         Ok(Cli::Run(options)) => options,
         Ok(Cli::Help) => {
-            println!("{USAGE}");
+            let _ = emit(&format!("{}\n", cli::USAGE));
             return ExitCode::SUCCESS;
         }
         Err(message) => {
-            eprintln!("funccount: {message}\n{USAGE}");
+            eprintln!("funccount: {message}\n{}", cli::USAGE);
             return ExitCode::from(2);
         }
     };
@@ -879,51 +974,14 @@ fn main() -> ExitCode {
             eprintln!("funccount: {message}");
             ExitCode::from(1)
         }
+        Err(Failure::Command(message, code)) => {
+            eprintln!("funccount: {message}");
+            ExitCode::from(code)
+        }
         Err(Failure::Interrupted) => {
             eprintln!("funccount: interrupted");
             ExitCode::from(130)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(list: &[&str]) -> Vec<OsString> {
-        list.iter().map(OsString::from).collect()
-    }
-
-    #[test]
-    fn command_lines() {
-        assert_eq!(parse_args(args(&[])), Ok(Cli::Run(Options::default())));
-        let Ok(Cli::Run(o)) = parse_args(args(&[
-            "-p", "12", "-d", "1.5", "-i", "1", "--ret", "c:str*", "vfs_*",
-        ])) else {
-            panic!()
-        };
-        assert!(!o.per_probe);
-        assert_eq!(o.pid, Some(12));
-        assert_eq!(o.duration, Some(Duration::from_millis(1500)));
-        assert_eq!(o.interval, Some(Duration::from_secs(1)));
-        assert!(o.ret);
-        assert_eq!(o.patterns, ["c:str*", "vfs_*"]);
-        let Ok(Cli::Run(o)) = parse_args(args(&["c:getpid", "--", "ls", "-l", "--", "-p"])) else {
-            panic!()
-        };
-        assert_eq!(o.command, args(&["ls", "-l", "--", "-p"]));
-        assert_eq!(parse_args(args(&["-h"])), Ok(Cli::Help));
-        for bad in [
-            &["-p"][..],
-            &["-p", "x"],
-            &["-p", "0"],
-            &["-d", "-1"],
-            &["-i", "nan"],
-            &["--bogus"],
-            &["c:x", "--"],
-            &["-p", "1", "c:x", "--", "ls"],
-        ] {
-            assert!(parse_args(args(bad)).is_err(), "{bad:?}");
-        }
+        Err(Failure::BrokenPipe) => ExitCode::from(141),
     }
 }
