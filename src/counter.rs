@@ -68,6 +68,22 @@ impl Flavour {
 
 /// The counting program and its counters. Attach it by passing `&counter` wherever a
 /// program is expected (it is [`AsFd`] for the program).
+///
+/// ```no_run
+/// # async fn f() -> Result<(), probeset::Error> {
+/// use probeset::counter::{Counter, Flavour};
+/// use probeset::Uprobe;
+///
+/// let counter = Counter::load(Flavour::Plain, 16)?;
+/// let link = Uprobe::new("/lib/x86_64-linux-gnu/libc.so.6", "getpid")
+///     .cookie(3)
+///     .attach(&counter)
+///     .await?;
+/// // ... the traced programs run ...
+/// println!("{} calls", counter.get(3)?);
+/// link.detach().await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Counter {
     prog: OwnedFd,

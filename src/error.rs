@@ -12,6 +12,23 @@ use std::sync::Arc;
 use crate::probe::Probe;
 
 /// Everything that can go wrong while attaching or detaching a probe.
+///
+/// Branch on the predicates, which answer the same for a single probe and for a batch (a
+/// batch error answers as its first failure does):
+///
+/// ```no_run
+/// # async fn f(prog: std::os::fd::OwnedFd) {
+/// use probeset::Kprobe;
+///
+/// match Kprobe::new("vfs_read").attach(&prog).await {
+///     Ok(link) => drop(link),
+///     Err(e) if e.is_not_supported() => eprintln!("no kprobes here: {e}"),
+///     Err(e) if e.is_permission_denied() => eprintln!("not allowed: {e}"),
+///     Err(e) if e.is_not_found() => eprintln!("no such function: {e}"),
+///     Err(e) => eprintln!("{e}"),
+/// }
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

@@ -23,6 +23,19 @@ use crate::backend::Backend;
 ///
 /// Two `Kprobe`s are equal when they would create the same kernel probe: the cookie is
 /// not compared.
+///
+/// ```
+/// use probeset::{Backend, Kprobe};
+///
+/// let entry = Kprobe::new("vfs_read").cookie(1);
+/// let ret = Kprobe::retprobe("vfs_read").maxactive(64).backend(Backend::Tracefs);
+/// let module = Kprobe::new("nf_conntrack:nf_ct_delete");
+/// let by_address = Kprobe::at_address(0xffff_ffff_8123_4560);
+/// assert_eq!(entry, Kprobe::new("vfs_read").cookie(2), "the cookie is not compared");
+/// assert_eq!(ret.to_string(), "kretprobe \"vfs_read\"");
+/// assert_eq!(by_address.to_string(), "kprobe 0xffffffff81234560");
+/// # drop(module);
+/// ```
 #[derive(Clone, Debug)]
 pub struct Kprobe {
     symbol: String,

@@ -1,25 +1,4 @@
-//! Attach already-loaded eBPF programs to kprobes, kretprobes, uprobes and uretprobes from
-//! async (tokio) code: one at a time ([`Kprobe`], [`Uprobe`] → [`Link`]), or many at once
-//! ([`ProbeSet`]), added and removed while the program runs.
-//!
-//! ```no_run
-//! use probeset::counter::{Counter, Flavour};
-//! use probeset::{ProbeSet, Uprobe};
-//!
-//! #[tokio::main]
-//! async fn main() -> Result<(), probeset::Error> {
-//!     let libc = "/lib/x86_64-linux-gnu/libc.so.6";
-//!     // Any BPF_PROG_TYPE_KPROBE program works (aya, libbpf-rs, an OwnedFd); this one counts.
-//!     let counter = Counter::load(Flavour::UprobeMulti, 64)?;
-//!     let mut set = ProbeSet::new(&counter)?.auto_cookies(true);
-//!     set.attach(["malloc", "free", "getpid"].map(|f| Uprobe::new(libc, f))).await?;
-//!     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-//!     for (probe, cookie) in set.cookies() {
-//!         println!("{probe}: {} calls", counter.get(cookie as u32)?);
-//!     }
-//!     set.detach().await // or just drop the set
-//! }
-//! ```
+#![doc = include_str!("../README.md")]
 //!
 //! # How a probe is made
 //! A program is passed as anything [`AsFd`](std::os::fd::AsFd): an aya `ProgramFd`, a

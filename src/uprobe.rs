@@ -31,6 +31,22 @@ pub(crate) enum Target {
 ///
 /// Two `Uprobe`s are equal when they would create the same kernel probe: the cookie is not
 /// compared.
+///
+/// A uprobe is bound to the file (inode) its path names when it is attached: replacing the
+/// file afterwards never moves it ([`Link::binary_replaced`](crate::link::Link::binary_replaced)
+/// tells when the path names another file).
+///
+/// ```
+/// use probeset::Uprobe;
+///
+/// let libc = "/lib/x86_64-linux-gnu/libc.so.6";
+/// let malloc = Uprobe::new(libc, "malloc").pid(1234).cookie(7);
+/// let ret = Uprobe::retprobe(libc, "free");
+/// let raw = Uprobe::at_offset("/usr/bin/bash", 0x2f1a0);
+/// assert_eq!(malloc.to_string(), "uprobe \"/lib/x86_64-linux-gnu/libc.so.6\":\"malloc\" (pid 1234)");
+/// assert!(ret.is_retprobe());
+/// assert_eq!(raw.file_offset(), Some(0x2f1a0));
+/// ```
 #[derive(Clone, Debug)]
 pub struct Uprobe {
     binary: PathBuf,
