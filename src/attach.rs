@@ -161,7 +161,11 @@ impl Probe {
 /// The single attach after validation: the program's kind, then [`attach_one`].
 fn attach_validated(probe: Probe, prog: BorrowedFd<'_>) -> Result<Link, Error> {
     let kind = program::kind(prog)?;
-    let attached = attach_one(prog, kind, &probe, &mut Resolver::default())?;
+    let span = tracing::debug_span!("probeset_attach", probe = %probe, program = ?kind);
+    let _entered = span.enter();
+    let attached = attach_one(prog, kind, &probe, &mut Resolver::default())
+        .inspect_err(|e| tracing::debug!(error = %e, "attach failed"))?;
+    tracing::debug!(link = ?attached.kind, backend = ?attached.backend, "attached");
     Ok(Link::new(attached, probe))
 }
 
@@ -203,6 +207,11 @@ fn one_probe_multi(
     match multi_link::create(prog, &key, std::slice::from_ref(&member)) {
         Err(e) if e.is_not_found() => match syscall_prefixed(&member.symbol) {
             Some(prefixed) => {
+                tracing::debug!(
+                    symbol = member.symbol,
+                    prefixed,
+                    "not found; retrying with the syscall prefix"
+                );
                 member.symbol = prefixed;
                 multi_link::create(prog, &key, std::slice::from_ref(&member)).map_err(|e2| {
                     if e2.is_not_found() {
@@ -243,6 +252,11 @@ fn kprobe_perf(prog: BorrowedFd<'_>, k: &Kprobe) -> Result<Attached, Error> {
     match try_symbol(k.symbol()) {
         Err(e) if e.is_not_found() => match syscall_prefixed(k.symbol()) {
             Some(prefixed) => {
+                tracing::debug!(
+                    symbol = k.symbol(),
+                    prefixed,
+                    "not found; retrying with the syscall prefix"
+                );
                 try_symbol(&prefixed).map_err(|e2| if e2.is_not_found() { e } else { e2 })
             }
             None => Err(e),

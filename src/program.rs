@@ -190,6 +190,7 @@ pub(crate) fn kind(prog: BorrowedFd<'_>) -> Result<ProgramKind, Error> {
         return Ok(*kind);
     }
     let kind = classify(prog)?;
+    tracing::debug!(program = info.id, ?kind, "program kind found by behaviour");
     cache
         .lock()
         .unwrap_or_else(PoisonError::into_inner)

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use super::held::{Held, Owned};
 use super::plan;
@@ -87,6 +88,35 @@ pub(super) struct Batch<'a> {
 /// or nothing (a failure rolls back what was attached), else best effort (what could be
 /// attached is returned with the failures).
 pub(super) async fn build(
+    batch: &Batch<'_>,
+    kind: ProgramKind,
+    fresh: Vec<Probe>,
+    atomic: bool,
+) -> Result<Built, Error> {
+    let mechanism = if kind.is_multi() {
+        "multi links"
+    } else {
+        "per-probe links"
+    };
+    let span =
+        tracing::debug_span!("probeset_batch", probes = fresh.len(), program = ?kind, mechanism);
+    let built = build_in(batch, kind, fresh, atomic)
+        .instrument(span.clone())
+        .await;
+    let _entered = span.enter();
+    match &built {
+        Ok(b) => tracing::debug!(
+            singles = b.singles.len(),
+            multi_links = b.multis.len(),
+            failed = b.failed.len(),
+            "batch attached"
+        ),
+        Err(e) => tracing::debug!(error = %e, "batch failed and was rolled back"),
+    }
+    built
+}
+
+async fn build_in(
     batch: &Batch<'_>,
     kind: ProgramKind,
     fresh: Vec<Probe>,

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
+use tracing::Instrument as _;
+
 use super::held::{Held, Holder};
 use super::plan::{self, Rebuild};
 use crate::blocking;
@@ -18,6 +20,11 @@ pub(super) type Removed = Vec<(Probe, Result<bool, Error>)>;
 
 /// Detaches `probes` from `held`, rebuilding each affected multi link once.
 pub(super) async fn remove_many(prog: &Arc<OwnedFd>, held: &mut Held, probes: &[Probe]) -> Removed {
+    let span = tracing::debug_span!("probeset_remove", probes = probes.len());
+    remove_many_in(prog, held, probes).instrument(span).await
+}
+
+async fn remove_many_in(prog: &Arc<OwnedFd>, held: &mut Held, probes: &[Probe]) -> Removed {
     let mut results = Vec::with_capacity(probes.len());
     let mut singles = Vec::new();
     let mut removed_singles = Vec::new();
