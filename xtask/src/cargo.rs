@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::libtest::Counts;
+use crate::report::Report;
 use crate::util::{
     cargo, display_command, err, kill_tree, secs, target_dir, workspace_root, Context, Result,
 };
@@ -139,26 +140,33 @@ pub fn host_tests(timeout: Duration) -> Result<HostRun> {
         cmd.arg("--color=always");
     }
     eprintln!("xtask: $ {}", display_command(&cmd));
+    // One pipe for both streams: cargo announces each test binary on stderr, and the
+    // binary prints its result on stdout; read from two pipes, the two would interleave in
+    // any order.
+    let (reader, writer) = std::io::pipe().context(|| "cannot create a pipe".to_owned())?;
+    let writer_err = writer
+        .try_clone()
+        .context(|| "cannot duplicate a pipe".to_owned())?;
     let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(writer)
+        .stderr(writer_err)
         .spawn()
         .context(|| format!("cannot run `{}`", display_command(&cmd)))?;
+    // The parent's copies of the write end are gone with `cmd`'s: the reader sees the end
+    // when cargo and its tests exit.
+    drop(cmd);
     let (tx, rx) = mpsc::channel::<(bool, String)>();
-    let readers = [
-        read_lines(
-            child.stdout.take().expect("piped stdout"),
-            false,
-            tx.clone(),
-        ),
-        read_lines(child.stderr.take().expect("piped stderr"), true, tx),
-    ];
+    let readers = [read_lines(reader, false, tx)];
     let mut counts = Counts::default();
+    let log = target_dir().join("xtask/host-tests.log");
+    let mut report = Report::new("host: ", Some(&log))?;
+    eprintln!("xtask: the host tests' whole output: {}", log.display());
     let mut deadline = Instant::now() + timeout;
     let mut timed_out = false;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let (is_stderr, line) = match rx.recv_timeout(left) {
+        // Both streams go to the report alike (the tag tells them apart in the log order).
+        let (_is_stderr, line) = match rx.recv_timeout(left) {
             Ok(message) => message,
             Err(mpsc::RecvTimeoutError::Timeout) if !timed_out => {
                 timed_out = true;
@@ -174,13 +182,10 @@ pub fn host_tests(timeout: Duration) -> Result<HostRun> {
             // All output read; or killed, yet something still holds the pipes open.
             Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        if is_stderr {
-            eprintln!("{line}");
-        } else {
-            println!("{line}");
-        }
+        report.line(&line);
         counts.scan(&line);
     }
+    report.finish();
     let status = child
         .wait()
         .context(|| "cannot wait for cargo".to_owned())?;

@@ -16,6 +16,7 @@ mod cargo;
 mod initramfs;
 mod kernel;
 mod libtest;
+mod report;
 mod util;
 mod vm;
 

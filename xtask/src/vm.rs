@@ -16,6 +16,7 @@ use crate::apt::{Apt, QEMU};
 use crate::initramfs::{self, Guest, Payload, KERNEL_PARAM, RC_PREFIX};
 use crate::kernel::{self, Spec};
 use crate::libtest::Counts;
+use crate::report::Report;
 use crate::util::{display_command, err, secs, target_dir, workspace_root, Context, Result};
 
 /// The default per-kernel timeout, in seconds.
@@ -323,11 +324,12 @@ fn boot_inner(
     let deadline = Instant::now() + timeout;
     let mut console = Console::default();
     let prefix = format!("[{name}] ");
+    let mut report = Report::new(&prefix, None)?;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => {
-                println!("{prefix}{line}");
+                report.line(&line);
                 let _ = writeln!(log, "{line}");
                 result.counts.scan(&line);
                 if console.kernel_failure.is_none()
@@ -351,10 +353,11 @@ fn boot_inner(
     let status = child.wait().context(|| "cannot wait for qemu".to_owned())?;
     // After a kill the pipes close too; keep what was still buffered.
     for line in rx.try_iter() {
-        println!("{prefix}{line}");
+        report.line(&line);
         let _ = writeln!(log, "{line}");
         result.counts.scan(&line);
     }
+    report.finish();
     for reader in readers {
         let _ = reader.join();
     }
