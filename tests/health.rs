@@ -259,3 +259,56 @@ fn health_is_quick_on_a_one_thread_runtime() {
         set.detach().await.unwrap();
     });
 }
+
+#[inline(never)]
+fn health_ioctl_target(x: u64) -> u64 {
+    black_box(x).wrapping_mul(101) ^ 0x1f
+}
+
+const IOCTL_CHILD: &str = "PROBESET_HEALTH_IOCTL_CHILD";
+
+/// The pre-5.15 path has no link: the program's id comes from the perf event
+/// (`BPF_TASK_FD_QUERY`). Run in a child, since forcing that path is process-wide.
+#[test]
+fn without_a_link_the_perf_event_names_its_program() {
+    let test = "without_a_link_the_perf_event_names_its_program";
+    if !can_run(test) {
+        return;
+    }
+    if !common::child_mode(IOCTL_CHILD) {
+        let mut child = common::ChildTest::spawn(&[], test, &[(IOCTL_CHILD, "1".into())]);
+        child.expect("checked", std::time::Duration::from_secs(60));
+        child.wait_success();
+        return;
+    }
+    tracefs();
+    probeset::raw::force_perf_event_ioctl(true);
+    black_box(health_ioctl_target(0));
+    runtime().block_on(async {
+        let counter = Counter::load(Flavour::Plain, 2).unwrap();
+        let id = health::program_stats(&counter).unwrap().id;
+        for backend in [Backend::Pmu, Backend::Tracefs] {
+            let link = uprobe("health_ioctl_target")
+                .backend(backend)
+                .attach(&counter)
+                .await
+                .unwrap();
+            assert_eq!(link.kind(), LinkKind::PerfIoctl);
+            let info = link.info().unwrap();
+            println!("{backend:?} by ioctl: {info:?}");
+            assert_eq!(info.link_type, LinkType::PerfEventIoctl);
+            assert_eq!(info.id, None, "no link, no link id");
+            assert_eq!(info.program_id, id);
+            assert_eq!(info.missed, None);
+            link.detach().await.unwrap();
+        }
+        let mut set = ProbeSet::new(&counter).unwrap();
+        set.insert(uprobe("health_ioctl_target")).await.unwrap();
+        let h = set.health().await.unwrap();
+        assert_eq!(h.links.len(), 1);
+        assert_eq!(h.links[0].info.program_id, id);
+        assert_eq!(h.links[0].info.link_type, LinkType::PerfEventIoctl);
+        set.detach().await.unwrap();
+    });
+    common::tell("checked", "the ioctl path");
+}
