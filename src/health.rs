@@ -26,7 +26,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use crate::error::Error;
 use crate::probe::Probe;
@@ -126,9 +126,19 @@ pub struct SetHealth {
 /// read of `/proc/sys/kernel/bpf_stats_enabled`, so fine to call from async code.
 ///
 /// # Errors
-/// Permission denied without the right to read the program's info; the kernel's error for
-/// an fd that is not a BPF program.
+/// [`Error::is_invalid_input`] for an fd that is not a BPF program; permission denied
+/// without the right to read the program's info.
 pub fn program_stats(prog: impl AsFd) -> Result<ProgramStats, Error> {
+    // The kernel answers for maps and links too, in their own layouts.
+    let fd = prog.as_fd().as_raw_fd();
+    if let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{fd}")) {
+        if target.as_os_str() != "anon_inode:bpf-prog" {
+            return Err(Error::NotBpfProgram {
+                what: format!("it is {}", target.display()),
+                source: std::io::Error::from_raw_os_error(libc::EINVAL),
+            });
+        }
+    }
     let raw = bpf::prog_stats(prog.as_fd())
         .map_err(|e| Error::syscall("BPF_OBJ_GET_INFO_BY_FD", "the program fd", e))?;
     let stats_on = stats_enabled();

@@ -114,6 +114,23 @@ fn uprobe_links_report_their_ids_and_no_missed_count() {
         assert!(info.id.is_some_and(|id| !ids.contains(&id)));
         assert_eq!(info.missed, None, "uprobe_multi links count no misses");
         link.detach().await.unwrap();
+
+        // A session link is a uprobe multi link to the kernel.
+        let session = Counter::load(Flavour::UprobeSession, 2).unwrap();
+        let link = uprobe("health_multi_target")
+            .attach(&session)
+            .await
+            .unwrap();
+        assert_eq!(link.kind(), LinkKind::UprobeSession);
+        let info = link.info().unwrap();
+        assert_eq!(info.link_type, LinkType::UprobeMulti);
+        assert_eq!(info.program_id, health::program_stats(&session).unwrap().id);
+        assert_eq!(info.missed, None);
+        link.detach().await.unwrap();
+
+        // Only programs have program statistics.
+        let e = health::program_stats(session.map()).unwrap_err();
+        assert!(e.is_invalid_input(), "{e}");
     });
 }
 
