@@ -49,6 +49,7 @@ pub mod elf;
 pub mod error;
 pub mod features;
 mod glob;
+pub mod health;
 mod kallsyms;
 mod kprobe;
 mod link;

@@ -1,7 +1,7 @@
 //! What an attached probe owns, and how it is released: [`Link`] (public) over `Attached`
 //! (the kernel objects).
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -9,6 +9,7 @@ use crate::backend::Backend;
 use crate::blocking;
 use crate::cleanup;
 use crate::error::Error;
+use crate::health::{self, LinkInfo, LinkSource};
 use crate::probe::Probe;
 use crate::resolve::FileIdent;
 use crate::tracefs::probe_event::ProbeEvent;
@@ -67,6 +68,16 @@ impl Attached {
             kind,
             backend: None,
             binary,
+        }
+    }
+
+    /// Where its [`LinkInfo`] is read from; `kprobe`: whether it holds kprobes.
+    pub(crate) fn source(&self, kprobe: bool) -> LinkSource<BorrowedFd<'_>> {
+        LinkSource {
+            link: self.link.as_ref().map(AsFd::as_fd),
+            perf: self.perf.as_ref().map(AsFd::as_fd),
+            tracefs_event: self.tracefs_event_name.clone(),
+            kprobe,
         }
     }
 
@@ -156,6 +167,39 @@ impl Link {
     #[must_use]
     pub fn binary(&self) -> Option<&Path> {
         self.attached().binary.as_ref().map(|b| b.path.as_path())
+    }
+
+    /// What the kernel tells about the link: its id, its program's id, and how often the
+    /// kernel did not run the program on the probe (see [`LinkInfo::missed`] for which
+    /// kernels count that).
+    ///
+    /// Blocking but cheap: one `bpf(2)` call (`BPF_OBJ_GET_INFO_BY_FD`), and for a tracefs
+    /// kprobe on a kernel before 6.7 one read of tracefs' `kprobe_profile`; fine to call
+    /// from async code.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), probeset::Error> {
+    /// use probeset::counter::{Counter, Flavour};
+    /// use probeset::Kprobe;
+    ///
+    /// let counter = Counter::load(Flavour::Plain, 1)?;
+    /// let link = Kprobe::new("vfs_read").attach(&counter).await?;
+    /// let info = link.info()?;
+    /// assert_eq!(info.program_id, probeset::health::program_stats(&counter)?.id);
+    /// println!("link {:?} missed {:?}", info.id, info.missed);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// The kernel's error (permission denied without the right to read the link's info; on
+    /// the `PERF_EVENT_IOC_SET_BPF` path of kernels before 5.15, which has no link, asking
+    /// the perf event needs `CAP_SYS_ADMIN`).
+    pub fn info(&self) -> Result<LinkInfo, Error> {
+        let source = self
+            .attached()
+            .source(matches!(self.probe, Probe::Kprobe(_)));
+        let mut infos = health::read_links(std::slice::from_ref(&source))?;
+        Ok(infos.pop().expect("one info per source"))
     }
 
     fn attached(&self) -> &Attached {

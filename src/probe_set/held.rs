@@ -2,10 +2,12 @@
 //! own, or a place in a multi link), the multi links with their members.
 
 use std::collections::{HashMap, HashSet};
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use crate::backend::Backend;
 use crate::error::Error;
+use crate::health::LinkSource;
 use crate::link::{self, Attached, LinkKind};
 use crate::multi_link::{Member, MultiKey};
 use crate::probe::Probe;
@@ -142,6 +144,28 @@ impl Held {
             .chain(multis)
             .filter(|b| seen.insert(Arc::clone(b)))
             .collect()
+    }
+
+    /// Each kernel link with the probes it carries (as held, with their cookies) and where
+    /// its info is read from.
+    pub(super) fn link_sources(&self) -> Vec<(Vec<Probe>, LinkSource<BorrowedFd<'_>>)> {
+        let singles = self.slots.values().filter_map(|s| match &s.holder {
+            Holder::Single(a) => Some((
+                vec![s.probe.clone()],
+                a.source(matches!(s.probe, Probe::Kprobe(_))),
+            )),
+            Holder::Multi(_) => None,
+        });
+        let multis = self.multis.values().map(|m| {
+            let probes = m
+                .members
+                .iter()
+                .map(|member| self.get(&member.probe).unwrap_or(&member.probe).clone())
+                .collect();
+            let kprobe = matches!(m.key, MultiKey::Kprobe { .. });
+            (probes, m.attached.source(kprobe))
+        });
+        singles.chain(multis).collect()
     }
 
     /// The multi links: id, key, members.

@@ -2,7 +2,7 @@
 //! detach and drop.
 
 use std::collections::BTreeSet;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -16,6 +16,7 @@ use crate::backend::Backend;
 use crate::blocking;
 use crate::cleanup;
 use crate::error::Error;
+use crate::health::{self, LinkHealth, LinkSource, SetHealth};
 use crate::link::LinkKind;
 use crate::perf_link;
 use crate::probe::Probe;
@@ -169,6 +170,68 @@ impl ProbeSet {
             .filter(|b| b.is_replaced())
             .map(|b| b.path.clone())
             .collect()
+    }
+
+    /// What the kernel tells about the set: its program's statistics once, and each link
+    /// with the probes it carries (see [`crate::health`] for what each field reports on
+    /// which kernel).
+    ///
+    /// Runs on tokio's blocking pool: one `bpf(2)` per link plus one for the program (and
+    /// one read of tracefs' `kprobe_profile` for tracefs kprobes on kernels before 6.7).
+    /// Each link's fd is duplicated first (one `fcntl` per link, on the caller's thread).
+    /// Measured on the host with 1000 per-probe uprobe links: 3-5 ms (13-18 ms for a first
+    /// call that starts a pool thread), against 2-3.5 ms for [`ProbeSet::health_blocking`],
+    /// which skips the pool and the duplicates; a set of multi links needs a handful of
+    /// calls either way.
+    ///
+    /// # Errors
+    /// The first refusal of the kernel (permission denied without the right to read the
+    /// info of the program or of a link), or an fd that could not be duplicated.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads; the duplicated fds are closed on the pool.
+    pub async fn health(&self) -> Result<SetHealth, Error> {
+        let dup = |fd: Option<BorrowedFd<'_>>| {
+            fd.map(|fd| {
+                fd.try_clone_to_owned()
+                    .map_err(|e| Error::syscall("fcntl(F_DUPFD_CLOEXEC)", "a link fd", e))
+            })
+            .transpose()
+        };
+        let mut probes = Vec::new();
+        let mut sources = Vec::new();
+        for (p, source) in self.held.link_sources() {
+            probes.push(p);
+            sources.push(LinkSource {
+                link: dup(source.link)?,
+                perf: dup(source.perf)?,
+                tracefs_event: source.tracefs_event,
+                kprobe: source.kprobe,
+            });
+        }
+        let prog = Arc::clone(&self.prog);
+        let (program, infos) = blocking::run(move || {
+            Ok((
+                health::program_stats(&*prog)?,
+                health::read_links(&sources)?,
+            ))
+        })
+        .await?;
+        Ok(pair(program, probes, infos))
+    }
+
+    /// [`ProbeSet::health`] on the calling thread: one `bpf(2)` per link plus one for the
+    /// program, with no fd duplicated. Cheap for a set of multi links (call it from async
+    /// code freely); 1000 per-probe links hold the thread for 2-3.5 ms (measured on the
+    /// host), so on a runtime worker with thousands of them prefer [`ProbeSet::health`].
+    ///
+    /// # Errors
+    /// As [`ProbeSet::health`].
+    pub fn health_blocking(&self) -> Result<SetHealth, Error> {
+        let program = health::program_stats(&*self.prog)?;
+        let (probes, sources): (Vec<_>, Vec<_>) = self.held.link_sources().into_iter().unzip();
+        let infos = health::read_links(&sources)?;
+        Ok(pair(program, probes, infos))
     }
 
     /// How the program attaches, once the set has found out (after the first attach).
@@ -336,6 +399,22 @@ impl ProbeSet {
         let errors = owned.release().await;
         drop(bookkeeping);
         Error::collect(errors).map_or(Ok(()), Err)
+    }
+}
+
+/// A set's health from its parts, the probes and infos in the same order.
+fn pair(
+    program: health::ProgramStats,
+    probes: Vec<Vec<Probe>>,
+    infos: Vec<health::LinkInfo>,
+) -> SetHealth {
+    SetHealth {
+        program,
+        links: probes
+            .into_iter()
+            .zip(infos)
+            .map(|(probes, info)| LinkHealth { probes, info })
+            .collect(),
     }
 }
 

@@ -70,6 +70,12 @@ unsafe fn bpf_fd<T>(cmd: libc::c_int, attr: &mut T) -> io::Result<OwnedFd> {
     unsafe { super::owned_fd(ret) }
 }
 
+mod info;
+pub(crate) use info::{
+    link_info, perf_event_prog_id, prog_stats, BPF_LINK_TYPE_KPROBE_MULTI,
+    BPF_LINK_TYPE_PERF_EVENT, BPF_LINK_TYPE_UPROBE_MULTI,
+};
+
 fn fd_u32(fd: BorrowedFd<'_>) -> u32 {
     // Valid fds are never negative.
     fd.as_raw_fd().unsigned_abs()

@@ -322,7 +322,7 @@ mod tests {
         };
         assert_eq!(opts.kernels, Spec::matrix());
         assert!(
-            matches!(opts.target, vm::Target::Tests(ref t) if t == &["kprobe", "kprobe_targets", "funccount", "features"])
+            matches!(opts.target, vm::Target::Tests(ref t) if t == &["kprobe", "kprobe_targets", "funccount", "features", "kprobe_health"])
         );
         assert_eq!(opts.timeout, Duration::from_mins(15));
     }

@@ -24,7 +24,13 @@ pub const DEFAULT_TIMEOUT: u64 = 900;
 
 /// The integration-test targets run by default: `tests/kprobe.rs` and `tests/funccount.rs`
 /// (whose kprobe pattern test runs the `funccount` example, packed as an extra).
-pub const DEFAULT_TESTS: [&str; 4] = ["kprobe", "kprobe_targets", "funccount", "features"];
+pub const DEFAULT_TESTS: [&str; 5] = [
+    "kprobe",
+    "kprobe_targets",
+    "funccount",
+    "features",
+    "kprobe_health",
+];
 
 /// The default test targets, owned.
 pub fn default_tests() -> Vec<String> {
