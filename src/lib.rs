@@ -35,7 +35,7 @@
 // The facade: the module list and the public names. Nothing inside the crate imports
 // through it; each module imports from the module that defines a name. The floors, each
 // looking only down: values (`backend`, `kprobe`, `uprobe`, `probe`), `error`, kernel
-// mechanics (`sys`, `pmu`, `program`, `features`, `validate`, `glob`, `kallsyms`, `elf`, `resolve`,
+// mechanics (`sys`, `pmu`, `program`, `features`, `health`, `validate`, `glob`, `kallsyms`, `elf`, `resolve`,
 // `perf_event`, `perf_link`, `multi_link`, `tracefs`, `link`, `cleanup`, `blocking`), and the
 // front doors
 // (`attach`, `probe_set`). See docs/design.md.

@@ -48,7 +48,7 @@ usage:
       --kernel NAME   a kernel of the matrix (6.12, 6.1) or a Debian linux-image-* package;
                       repeatable; default: the whole matrix
       --test NAME     an integration-test target of probeset (tests/NAME.rs); repeatable;
-                      default: kprobe and funccount
+                      default: kprobe, kprobe_targets, kprobe_health, features, funccount
       --exec PATH     run this executable instead, with ARGS (given after --)
       --timeout SECS  limit per kernel (default 900)
 ";

@@ -22,8 +22,9 @@ use crate::util::{display_command, err, secs, target_dir, workspace_root, Contex
 /// The default per-kernel timeout, in seconds.
 pub const DEFAULT_TIMEOUT: u64 = 900;
 
-/// The integration-test targets run by default: `tests/kprobe.rs` and `tests/funccount.rs`
-/// (whose kprobe pattern test runs the `funccount` example, packed as an extra).
+/// The integration-test targets run by default: the kprobe tests (`kprobe`,
+/// `kprobe_targets`, `kprobe_health`), `features`, and `funccount` (whose kprobe pattern
+/// test runs the `funccount` example, packed as an extra).
 pub const DEFAULT_TESTS: [&str; 5] = [
     "kprobe",
     "kprobe_targets",
