@@ -75,6 +75,9 @@ impl Owned {
 #[expect(dead_code, reason = "held only to be dropped after the release")]
 pub(super) struct Bookkeeping(HashMap<Probe, Slot>, Vec<Vec<Member>>);
 
+/// Multi links as a swap re-creates them: id, key, members.
+pub(super) type MultiLinks = Vec<(u64, MultiKey, Vec<Member>)>;
+
 /// The probes a set holds and the links that hold them.
 #[derive(Debug, Default)]
 pub(super) struct Held {
@@ -173,6 +176,48 @@ impl Held {
         self.multis
             .iter()
             .map(|(id, m)| (*id, &m.key, m.members.as_slice()))
+    }
+
+    /// What a program swap re-creates: each probe held by a link of its own (with its
+    /// cookie), and each multi link (id, key, members).
+    pub(super) fn swap_plan(&self) -> (Vec<Probe>, MultiLinks) {
+        let singles = self
+            .slots
+            .values()
+            .filter(|s| matches!(s.holder, Holder::Single(_)))
+            .map(|s| s.probe.clone())
+            .collect();
+        let multis = self
+            .multis
+            .iter()
+            .map(|(id, m)| (*id, m.key.clone(), m.members.clone()))
+            .collect();
+        (singles, multis)
+    }
+
+    /// Puts the new attachments of a program swap in place of the current ones; returns
+    /// the old ones, for the caller to release.
+    pub(super) fn swap_in(
+        &mut self,
+        singles: Vec<(Probe, Attached)>,
+        multis: Vec<(u64, Attached)>,
+    ) -> Vec<Attached> {
+        let mut old = Vec::with_capacity(singles.len() + multis.len());
+        for (probe, new) in singles {
+            if let Some(Slot {
+                holder: Holder::Single(a),
+                ..
+            }) = self.slots.get_mut(&probe)
+            {
+                old.push(std::mem::replace(a, new));
+            }
+        }
+        for (id, new) in multis {
+            if let Some(m) = self.multis.get_mut(&id) {
+                old.push(std::mem::replace(&mut m.attached, new));
+            }
+        }
+        old
     }
 
     /// Records a probe with a link of its own.

@@ -43,6 +43,7 @@ mod held;
 mod plan;
 mod remove;
 mod set;
+mod swap;
 
 pub use apply::Apply;
 pub use build::Progress;

@@ -45,9 +45,9 @@ use crate::program::{self, ProgramKind};
 #[derive(Debug)]
 #[must_use = "dropping a ProbeSet detaches every probe it holds"]
 pub struct ProbeSet {
-    prog: Arc<OwnedFd>,
-    kind: Option<ProgramKind>,
-    held: Held,
+    pub(super) prog: Arc<OwnedFd>,
+    pub(super) kind: Option<ProgramKind>,
+    pub(super) held: Held,
     /// Set by [`ProbeSet::concurrency`]; `None`: the CPUs available.
     concurrency: Option<usize>,
     auto_cookies: bool,
