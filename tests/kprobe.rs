@@ -8,26 +8,9 @@ mod common;
 use std::collections::HashSet;
 use std::time::Instant;
 
-use common::{can_run, skip, skip_tier, tracefs};
+use common::{kprobes_here, skip, tracefs};
 use probeset::counter::{Counter, Flavour};
 use probeset::{Backend, Kprobe, LinkKind, Probe, ProbeSet};
-
-fn kprobes_here(test: &str) -> bool {
-    if !can_run(test) {
-        return false;
-    }
-    let pmu = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
-    let events = tracefs().join("kprobe_events").exists();
-    if pmu || events {
-        true
-    } else {
-        skip_tier(
-            test,
-            "this kernel has no kprobes (no kprobe PMU, no kprobe_events); the VM tier runs this",
-        );
-        false
-    }
-}
 
 /// The getpid syscall, made for real (std caches nothing: glibc calls the kernel).
 fn getpid_n(n: u64) {

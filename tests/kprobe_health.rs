@@ -9,27 +9,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{can_run, skip_tier, tracefs};
+use common::{kprobes_here, tracefs};
 use probeset::counter::{Counter, Flavour};
 use probeset::health::{self, LinkType};
 use probeset::{Backend, Kprobe, LinkKind, ProbeSet};
-
-fn kprobes_here(test: &str) -> bool {
-    if !can_run(test) {
-        return false;
-    }
-    let pmu = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
-    let events = tracefs().join("kprobe_events").exists();
-    if pmu || events {
-        true
-    } else {
-        skip_tier(
-            test,
-            "this kernel has no kprobes (no kprobe PMU, no kprobe_events); the VM tier runs this",
-        );
-        false
-    }
-}
 
 /// Whether this kernel is `major.minor` or later.
 fn kernel_at_least(major: u32, minor: u32) -> bool {

@@ -4,21 +4,9 @@
 
 mod common;
 
-use common::{can_run, skip_tier, tracefs};
+use common::{kprobes_here, tracefs};
 use probeset::counter::{Counter, Flavour};
 use probeset::{Backend, Error, Kprobe, LinkKind, Probe, ProbeSet};
-
-fn kprobes_here(test: &str) -> bool {
-    if !can_run(test) {
-        return false;
-    }
-    if std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
-        true
-    } else {
-        skip_tier(test, "this kernel has no kprobes; the VM tier runs this");
-        false
-    }
-}
 
 const GETPID: &str = "__x64_sys_getpid";
 const N: u64 = 200;

@@ -385,3 +385,22 @@ pub fn dead_owner_group() -> String {
         12_345,
     )
 }
+
+/// Whether the kprobe tests can run here: root, and a kernel with kprobes (the PMU or
+/// `kprobe_events`); on a kernel without (the host) it skips the tier, which the VM runs.
+pub fn kprobes_here(test: &str) -> bool {
+    if !can_run(test) {
+        return false;
+    }
+    let pmu = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
+    let events = tracefs().join("kprobe_events").exists();
+    if pmu || events {
+        true
+    } else {
+        skip_tier(
+            test,
+            "this kernel has no kprobes (no kprobe PMU, no kprobe_events); the VM tier runs this",
+        );
+        false
+    }
+}
