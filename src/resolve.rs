@@ -145,17 +145,30 @@ impl Resolver {
     /// Not found (binary, symbol), invalid input (not ELF, a path that is not UTF-8, an
     /// offset that overflows).
     pub(crate) fn uprobe(&mut self, u: &Uprobe) -> Result<UprobeTarget, Error> {
+        let (symbols, binary) = self.loaded(u)?;
+        Ok(UprobeTarget {
+            binary: Arc::clone(binary),
+            offset: offset_in(u, symbols)?,
+        })
+    }
+
+    /// `u`'s binary as this resolver opened it (once): the file every probe on it resolved
+    /// here goes on.
+    ///
+    /// # Errors
+    /// As [`Resolver::uprobe`], but for the offset.
+    pub(crate) fn binary(&mut self, u: &Uprobe) -> Result<Arc<Binary>, Error> {
+        self.loaded(u).map(|(_, binary)| Arc::clone(binary))
+    }
+
+    fn loaded(&mut self, u: &Uprobe) -> Result<&(Arc<ElfSymbols>, Arc<Binary>), Error> {
         if !self.binaries.contains_key(u.binary()) {
             let binary = Binary::open(u.binary())?;
             let symbols = load_symbols(&binary)?;
             self.binaries
                 .insert(u.binary().to_path_buf(), (symbols, Arc::new(binary)));
         }
-        let (symbols, binary) = &self.binaries[u.binary()];
-        Ok(UprobeTarget {
-            binary: Arc::clone(binary),
-            offset: offset_in(u, symbols)?,
-        })
+        Ok(&self.binaries[u.binary()])
     }
 
     /// The function names of `/proc/kallsyms` (read once per resolver; empty when it cannot

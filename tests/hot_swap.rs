@@ -114,3 +114,47 @@ fn a_hot_swap_misses_no_call_and_leaves_only_the_new_program() {
         });
     }
 }
+
+#[test]
+fn a_swap_never_moves_a_per_probe_uprobe_onto_a_replaced_file() {
+    if !can_run("a_swap_never_moves_a_per_probe_uprobe_onto_a_replaced_file") {
+        return;
+    }
+    // The probes are on this test executable, named through a symlink that is then pointed
+    // at another file: the path names another file, the probes stay on this one.
+    let dir = std::env::temp_dir().join(format!("probeset-swap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let app = dir.join("app");
+    std::os::unix::fs::symlink(exe(), &app).unwrap();
+    runtime().block_on(async {
+        let old = Counter::load(Flavour::Plain, 1000).unwrap();
+        let new = Counter::load(Flavour::Plain, 1000).unwrap();
+        let mut set = ProbeSet::new(&old).unwrap();
+        let probe: Probe = Uprobe::at_offset(&app, file_offset_of(functions()[710]))
+            .cookie(710)
+            .into();
+        set.insert(probe).await.unwrap();
+        let tmp = dir.join(".new");
+        std::os::unix::fs::symlink("/bin/true", &tmp).unwrap();
+        std::fs::rename(&tmp, &app).unwrap();
+        assert_eq!(set.replaced_binaries(), vec![app.clone()]);
+
+        let err = set.replace_program(&new).await.unwrap_err();
+        assert!(err.is_not_found(), "{err}");
+        assert!(err.to_string().contains("is on"), "{err}");
+        std::hint::black_box(functions()[710](1));
+        assert_eq!(
+            old.get(710).unwrap(),
+            1,
+            "the set still runs the old program"
+        );
+        assert_eq!(
+            new.get(710).unwrap(),
+            0,
+            "nothing of the new program is attached"
+        );
+        set.detach().await.unwrap();
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -75,6 +75,9 @@ impl Owned {
 #[expect(dead_code, reason = "held only to be dropped after the release")]
 pub(super) struct Bookkeeping(HashMap<Probe, Slot>, Vec<Vec<Member>>);
 
+/// Per-probe links as a swap re-creates them: the probe, and the file a uprobe is on.
+pub(super) type Singles = Vec<(Probe, Option<Arc<FileIdent>>)>;
+
 /// Multi links as a swap re-creates them: id, key, members.
 pub(super) type MultiLinks = Vec<(u64, MultiKey, Vec<Member>)>;
 
@@ -179,13 +182,15 @@ impl Held {
     }
 
     /// What a program swap re-creates: each probe held by a link of its own (with its
-    /// cookie), and each multi link (id, key, members).
-    pub(super) fn swap_plan(&self) -> (Vec<Probe>, MultiLinks) {
+    /// cookie, and the file a uprobe is on), and each multi link (id, key, members).
+    pub(super) fn swap_plan(&self) -> (Singles, MultiLinks) {
         let singles = self
             .slots
             .values()
-            .filter(|s| matches!(s.holder, Holder::Single(_)))
-            .map(|s| s.probe.clone())
+            .filter_map(|s| match &s.holder {
+                Holder::Single(a) => Some((s.probe.clone(), a.binary.clone())),
+                Holder::Multi(_) => None,
+            })
             .collect();
         let multis = self
             .multis

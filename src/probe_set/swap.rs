@@ -3,7 +3,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
-use super::held::MultiLinks;
+use super::held::{MultiLinks, Singles};
 use super::set::ProbeSet;
 use crate::attach::attach_one;
 use crate::blocking;
@@ -12,7 +12,7 @@ use crate::link::{self, Attached};
 use crate::multi_link;
 use crate::probe::Probe;
 use crate::program::{self, ProgramKind};
-use crate::resolve::Resolver;
+use crate::resolve::{FileIdent, Resolver};
 
 /// The new attachments of a swap, released (in parallel, in the background) if they are
 /// dropped before the set takes them: a cancelled swap leaves the set on the old program
@@ -34,10 +34,32 @@ impl Drop for Replacements {
     }
 }
 
+/// Checks that a per-probe uprobe's path still names the file (inode) the probe is on: a
+/// per-probe link keeps only the file's identity, not a descriptor, so the new link is made
+/// through the path, and it must not move the probe onto another file.
+fn same_file(
+    probe: &Probe,
+    file: Option<&FileIdent>,
+    resolver: &mut Resolver,
+) -> Result<(), Error> {
+    let (Probe::Uprobe(u), Some(file)) = (probe, file) else {
+        return Ok(());
+    };
+    if resolver.binary(u)?.ident().id == file.id {
+        return Ok(());
+    }
+    Err(Error::not_found(
+        format!("the file {probe} is on"),
+        "its path now names another file (it was replaced); attach the probe again to follow \
+         the new file, or remove it, before the swap",
+        None,
+    ))
+}
+
 /// Re-creates every attachment on `prog` (blocking); the first failure undoes the rest.
 fn replace_all(
     prog: &OwnedFd,
-    singles: Vec<Probe>,
+    singles: Singles,
     multis: MultiLinks,
 ) -> Result<Replacements, Error> {
     let mut out = Replacements {
@@ -49,10 +71,11 @@ fn replace_all(
         let new = multi_link::create(prog.as_fd(), &key, &members)?;
         out.multis.push((id, new));
     }
+    // One resolver: the file `same_file` checked is the one `attach_one` then uses.
     let mut resolver = Resolver::default();
-    for probe in singles {
-        let new = attach_one(prog.as_fd(), ProgramKind::Plain, &probe, &mut resolver)
-            .map_err(|e| Error::in_batch(&probe, &e.shared()))?;
+    for (probe, file) in singles {
+        same_file(&probe, file.as_deref(), &mut resolver)?;
+        let new = attach_one(prog.as_fd(), ProgramKind::Plain, &probe, &mut resolver)?;
         out.singles.push((probe, new));
     }
     Ok(out)
@@ -66,7 +89,9 @@ impl ProbeSet {
     /// time both links exist); once it returns, only the new one.
     ///
     /// All or nothing: when any new link cannot be made, those made are released and the
-    /// set still runs the old program everywhere.
+    /// set still runs the old program everywhere. Multi links are made again on the very file
+    /// they are on; a per-probe uprobe whose binary's path now names another file (a
+    /// replaced binary) fails the swap rather than move onto the new file.
     ///
     /// ```no_run
     /// # async fn f(set: &mut probeset::ProbeSet) -> Result<(), probeset::Error> {
