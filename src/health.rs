@@ -26,10 +26,11 @@
 //! ```
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 
 use crate::error::Error;
 use crate::probe::Probe;
+use crate::program;
 use crate::sys::bpf;
 use crate::tracefs::mount;
 
@@ -129,16 +130,7 @@ pub struct SetHealth {
 /// [`Error::is_invalid_input`] for an fd that is not a BPF program; permission denied
 /// without the right to read the program's info.
 pub fn program_stats(prog: impl AsFd) -> Result<ProgramStats, Error> {
-    // The kernel answers for maps and links too, in their own layouts.
-    let fd = prog.as_fd().as_raw_fd();
-    if let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{fd}")) {
-        if target.as_os_str() != "anon_inode:bpf-prog" {
-            return Err(Error::NotBpfProgram {
-                what: format!("it is {}", target.display()),
-                source: std::io::Error::from_raw_os_error(libc::EINVAL),
-            });
-        }
-    }
+    program::require_program_fd(prog.as_fd())?;
     let raw = bpf::prog_stats(prog.as_fd())
         .map_err(|e| Error::syscall("BPF_OBJ_GET_INFO_BY_FD", "the program fd", e))?;
     let stats_on = stats_enabled();

@@ -140,22 +140,29 @@ pub(crate) fn dup(prog: BorrowedFd<'_>) -> Result<OwnedFd, Error> {
         })
 }
 
+/// Checks that `fd` is a BPF program at all (`/proc/self/fd` names it
+/// `anon_inode:bpf-prog`): `BPF_OBJ_GET_INFO_BY_FD` answers for maps and links too, in their
+/// own info layouts, so this comes first.
+///
+/// # Errors
+/// Invalid input ([`Error::NotBpfProgram`]) for another kind of fd.
+pub(crate) fn require_program_fd(fd: BorrowedFd<'_>) -> Result<(), Error> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    match link {
+        Ok(target) if target.as_os_str() != "anon_inode:bpf-prog" => Err(Error::NotBpfProgram {
+            what: format!("it is {}", target.display()),
+            source: std::io::Error::from_raw_os_error(libc::EINVAL),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Checks that `prog` is a `BPF_PROG_TYPE_KPROBE` program (two quick syscalls).
 ///
 /// # Errors
 /// Invalid input when the fd is not a BPF program or not a kprobe program.
 pub(crate) fn check(prog: BorrowedFd<'_>) -> Result<bpf::ProgInfo, Error> {
-    // BPF_OBJ_GET_INFO_BY_FD answers for maps and links too (with their own info layout),
-    // so first make sure the fd is a program.
-    let link = std::fs::read_link(format!("/proc/self/fd/{}", prog.as_raw_fd()));
-    if let Ok(target) = link {
-        if target.as_os_str() != "anon_inode:bpf-prog" {
-            return Err(Error::NotBpfProgram {
-                what: format!("it is {}", target.display()),
-                source: std::io::Error::from_raw_os_error(libc::EINVAL),
-            });
-        }
-    }
+    require_program_fd(prog)?;
     let info = bpf::prog_info(prog).map_err(|e| match e.raw_os_error() {
         Some(libc::EPERM | libc::EACCES) => {
             Error::syscall("BPF_OBJ_GET_INFO_BY_FD", "the program fd", e)
