@@ -30,9 +30,9 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use crate::error::Error;
 use crate::probe::Probe;
-use crate::program;
 use crate::sys::bpf;
 use crate::tracefs::mount;
+use crate::validate;
 
 /// The kernel object that holds a program on its probes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -130,7 +130,7 @@ pub struct SetHealth {
 /// [`Error::is_invalid_input`] for an fd that is not a BPF program; permission denied
 /// without the right to read the program's info.
 pub fn program_stats(prog: impl AsFd) -> Result<ProgramStats, Error> {
-    program::require_program_fd(prog.as_fd())?;
+    validate::program_fd(prog.as_fd())?;
     let raw = bpf::prog_stats(prog.as_fd())
         .map_err(|e| Error::syscall("BPF_OBJ_GET_INFO_BY_FD", "the program fd", e))?;
     let stats_on = stats_enabled();

@@ -2,7 +2,7 @@
 //! ([`ProgramKind`]), found by behaviour and cached per program id.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 use crate::error::Error;
@@ -10,6 +10,7 @@ use crate::multi_link;
 use crate::perf_link;
 use crate::probe::Probe;
 use crate::sys::bpf;
+use crate::validate;
 
 /// How a `BPF_PROG_TYPE_KPROBE` program can be attached, which is fixed by the
 /// `expected_attach_type` it was loaded with. The kernel does not report that attach type
@@ -140,29 +141,12 @@ pub(crate) fn dup(prog: BorrowedFd<'_>) -> Result<OwnedFd, Error> {
         })
 }
 
-/// Checks that `fd` is a BPF program at all (`/proc/self/fd` names it
-/// `anon_inode:bpf-prog`): `BPF_OBJ_GET_INFO_BY_FD` answers for maps and links too, in their
-/// own info layouts, so this comes first.
-///
-/// # Errors
-/// Invalid input ([`Error::NotBpfProgram`]) for another kind of fd.
-pub(crate) fn require_program_fd(fd: BorrowedFd<'_>) -> Result<(), Error> {
-    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-    match link {
-        Ok(target) if target.as_os_str() != "anon_inode:bpf-prog" => Err(Error::NotBpfProgram {
-            what: format!("it is {}", target.display()),
-            source: std::io::Error::from_raw_os_error(libc::EINVAL),
-        }),
-        _ => Ok(()),
-    }
-}
-
 /// Checks that `prog` is a `BPF_PROG_TYPE_KPROBE` program (two quick syscalls).
 ///
 /// # Errors
 /// Invalid input when the fd is not a BPF program or not a kprobe program.
 pub(crate) fn check(prog: BorrowedFd<'_>) -> Result<bpf::ProgInfo, Error> {
-    require_program_fd(prog)?;
+    validate::program_fd(prog)?;
     let info = bpf::prog_info(prog).map_err(|e| match e.raw_os_error() {
         Some(libc::EPERM | libc::EACCES) => {
             Error::syscall("BPF_OBJ_GET_INFO_BY_FD", "the program fd", e)

@@ -1,6 +1,8 @@
 //! Everything that is checked before the kernel is asked: a malformed probe is
 //! [`Error::is_invalid_input`] even on a kernel that could not make it.
 
+use std::os::fd::{AsRawFd, BorrowedFd};
+
 use crate::backend::Backend;
 use crate::error::Error;
 use crate::kprobe::Kprobe;
@@ -198,6 +200,23 @@ pub(crate) fn for_multi_link(p: &Probe) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Checks that `fd` is a BPF program at all (`/proc/self/fd` names it
+/// `anon_inode:bpf-prog`): `BPF_OBJ_GET_INFO_BY_FD` answers for maps and links too, in their
+/// own info layouts, so this comes first.
+///
+/// # Errors
+/// Invalid input ([`Error::NotBpfProgram`]) for another kind of fd.
+pub(crate) fn program_fd(fd: BorrowedFd<'_>) -> Result<(), Error> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    match link {
+        Ok(target) if target.as_os_str() != "anon_inode:bpf-prog" => Err(Error::NotBpfProgram {
+            what: format!("it is {}", target.display()),
+            source: std::io::Error::from_raw_os_error(libc::EINVAL),
+        }),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
