@@ -180,11 +180,11 @@ fn open_pmu(spec: &ProbeSpec<'_>) -> Result<PerfEvent, Error> {
         config |= ref_ctr_bits(pmu.ref_ctr, spec.ref_ctr_offset)?;
     }
     let opened = if let Some(address) = spec.address {
-        perf::open_probe_at(pmu.type_, config, address, spec.pid)
+        perf::open_probe(pmu.type_, config, None, address, spec.pid)
     } else {
         let name = CString::new(spec.name)
             .map_err(|_| Error::invalid(format!("name {:?}", spec.name), "contains a NUL byte"))?;
-        perf::open_probe(pmu.type_, config, &name, spec.offset, spec.pid)
+        perf::open_probe(pmu.type_, config, Some(&name), spec.offset, spec.pid)
     };
     match opened {
         Ok(fd) => Ok(PerfEvent {
@@ -322,7 +322,7 @@ fn kprobe_pmu_opens() -> bool {
     };
     ["vfs_read", "ksys_read", "schedule"].iter().any(|symbol| {
         let name = CString::new(*symbol).expect("no NUL");
-        perf::open_probe(pmu.type_, 0, &name, 0, None).is_ok()
+        perf::open_probe(pmu.type_, 0, Some(&name), 0, None).is_ok()
     })
 }
 
@@ -340,7 +340,7 @@ fn uprobe_pmu_opens() -> bool {
         return false;
     };
     let me = i32::try_from(std::process::id()).ok();
-    perf::open_probe(pmu.type_, 0, c"/proc/self/exe", offset, me).is_ok()
+    perf::open_probe(pmu.type_, 0, Some(c"/proc/self/exe"), offset, me).is_ok()
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ pub fn perf_probe_open(
     name: &CStr,
     offset: u64,
 ) -> io::Result<OwnedFd> {
-    perf::open_probe(pmu_type, config, name, offset, None)
+    perf::open_probe(pmu_type, config, Some(name), offset, None)
 }
 
 /// A BPF perf link (attach type `BPF_PERF_EVENT`) from `prog` to `perf_fd`.

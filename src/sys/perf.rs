@@ -70,14 +70,15 @@ unsafe fn perf_event_open(attr: &PerfEventAttr, pid: Option<i32>) -> io::Result<
 
 /// Opens a perf event on a dynamic PMU (`kprobe` or `uprobe`).
 ///
-/// `name` is the kernel symbol or the binary's path (`config1`), `offset` goes in `config2`,
-/// `config` carries the retprobe bit and the uprobe `ref_ctr_offset`.
+/// `name` is the kernel symbol or the binary's path (`config1`), `offset` goes in `config2`
+/// (for a kprobe with no name, `offset` is the kernel text address), `config` carries the
+/// retprobe bit and the uprobe `ref_ctr_offset`.
 ///
 /// Corresponds to `perf_event_open(2)`.
 pub(crate) fn open_probe(
     pmu_type: u32,
     config: u64,
-    name: &CStr,
+    name: Option<&CStr>,
     offset: u64,
     pid: Option<i32>,
 ) -> io::Result<OwnedFd> {
@@ -85,34 +86,12 @@ pub(crate) fn open_probe(
         type_: pmu_type,
         size: PERF_ATTR_SIZE_VER1,
         config,
-        config1: name.as_ptr() as u64,
+        config1: name.map_or(0, |n| n.as_ptr() as u64),
         config2: offset,
         ..PerfEventAttr::default()
     };
-    // SAFETY: `config1` points to `name`, a NUL-terminated string borrowed for this whole
-    // function.
-    unsafe { perf_event_open(&attr, pid) }
-}
-
-/// Opens a perf event on the kprobe PMU at a kernel text address (`config1` 0, the
-/// address in `config2`), `config` carrying the retprobe bit.
-///
-/// Corresponds to `perf_event_open(2)`.
-pub(crate) fn open_probe_at(
-    pmu_type: u32,
-    config: u64,
-    address: u64,
-    pid: Option<i32>,
-) -> io::Result<OwnedFd> {
-    let attr = PerfEventAttr {
-        type_: pmu_type,
-        size: PERF_ATTR_SIZE_VER1,
-        config,
-        config1: 0,
-        config2: address,
-        ..PerfEventAttr::default()
-    };
-    // SAFETY: `config1` is 0 (no function name to read); the address is a plain value.
+    // SAFETY: `config1` is 0 or points to `name`, a NUL-terminated string borrowed for this
+    // whole function.
     unsafe { perf_event_open(&attr, pid) }
 }
 
