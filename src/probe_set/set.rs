@@ -246,7 +246,16 @@ impl ProbeSet {
             return Ok(k);
         }
         let prog = Arc::clone(&self.prog);
-        let k = blocking::run(move || program::kind(prog.as_fd())).await?;
+        let k = blocking::run(move || {
+            let kind = program::kind(prog.as_fd())?;
+            if kind == ProgramKind::Plain {
+                // Answered here, on the blocking pool, and cached: `usable_kind` asks it
+                // on the caller's thread (its first answer loads a test program).
+                perf_link::kernel_has_perf_links();
+            }
+            Ok(kind)
+        })
+        .await?;
         self.kind = Some(k);
         Ok(k)
     }
